@@ -1,0 +1,259 @@
+"""The hierarchical VAE: encoder, global variational family and the ODE decoder.
+
+This module assembles one evaluation of the importance weights: draw the
+global latents, encode each series, draw individual parameters, map latents to
+model parameters, integrate the ODE and score the observations. The estimator
+owns the loop; the bound itself lives in :mod:`skhds.inference`.
+"""
+
+import math
+
+import torch
+
+from .inference import log_normal, minibatch_objective, normalized_weights, sanitize_log_weights
+from .solvers import odeint
+
+__all__ = ["HierarchicalVAE"]
+
+
+def _clean_grad(grad):
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _isolate(t):
+    """Identity whose backward zeroes non-finite gradient entries (failed samples)."""
+    if t.requires_grad:
+        t = t.clone()
+        t.register_hook(_clean_grad)
+    return t
+
+
+class HierarchicalVAE(torch.nn.Module):
+    """Container of the trainable parts and the computation of log weights.
+
+    Parameters
+    ----------
+    model : ODEModel
+    hierarchy : Hierarchy
+    encoder : SeriesEncoder
+    q_global : MeanFieldGaussian
+    solver : str
+    factor_index : dict
+        Column of the group codes for each factor.
+    """
+
+    def __init__(self, model, hierarchy, encoder, q_global, solver, factor_index):
+        super().__init__()
+        self.model = model
+        self.encoder = encoder
+        self.q_global = q_global
+        self.hierarchy = hierarchy
+        self.solver = solver
+        self.factor_index = dict(factor_index)
+        self.noise_bases = list(model.noise.declare())
+        self._checked = False
+
+    # ------------------------------------------------------------ pieces
+    def kl_global(self):
+        """Analytic KL of the global variational family to its prior."""
+        return self.hierarchy.kl(self.q_global.loc, self.q_global.scale)
+
+    def log_prior_global(self, g):
+        """``log p(g)`` for draws ``(n, D)``: ``(n,)``."""
+        return self.hierarchy.log_prior(g)
+
+    def _inputs(self, batch, time_axis=False):
+        u = batch["inputs"]
+        out = {}
+        for j, name in enumerate(self.model.inputs):
+            v = u[:, j].reshape(-1, 1)
+            out[name] = v.unsqueeze(-1) if time_axis else v
+        return out
+
+    def _check_outputs(self, x0, dx, S, K):
+        name = type(self.model).__name__
+        n = len(self.model.states)
+        if dx.shape != (S, K, n):
+            raise ValueError(
+                f"Model {name}: rhs() returned shape {tuple(dx.shape)}; expected (S, K, n_states) = "
+                f"({S}, {K}, {n}). Use ODEModel.stack(...) to combine state derivatives."
+            )
+        if dx.dtype != x0.dtype:
+            raise TypeError(
+                f"Model {name}: rhs() returned dtype {dx.dtype}, expected {x0.dtype}; create new "
+                "tensors with the dtype/device of the state x."
+            )
+        self._checked = True
+
+    def simulate(self, params, batch, K):
+        """Observable means ``(S, K, n_observables, n_times)`` for parameters ``params``."""
+        model = self.model
+        S = batch["inputs"].shape[0]
+        n = len(model.states)
+        inputs = self._inputs(batch)
+        x0 = model.initial_state(params, inputs)
+        try:
+            x0 = torch.broadcast_to(x0, (S, K, n))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"Model {type(model).__name__}: initial_state() returned shape {tuple(x0.shape)}, "
+                f"not broadcastable to (S, K, n_states) = ({S}, {K}, {n})."
+            ) from exc
+        x0 = x0.to(batch["y"].dtype)
+        if torch.is_grad_enabled():
+            # Per-sample views of every parameter, so that a sample whose simulation
+            # overflows (weight zero) cannot turn the gradient of shared ones into NaN.
+            params = {k: _isolate(v.expand(S, K)) for k, v in params.items()}
+            x0 = _isolate(x0)
+
+        def func(t, x):
+            return model.rhs(t, x, params, inputs)
+
+        if not self._checked:
+            self._check_outputs(x0, func(batch["solve_times"][:, :1], x0), S, K)
+        traj = odeint(func, x0, batch["solve_times"], method=self.solver, n_substeps=batch["substeps"])
+        if batch["prepend"]:
+            traj = traj[..., 1:]
+        xt = traj.transpose(-1, -2)  # (S, K, T, n_states)
+        p_t = {k: v.unsqueeze(-1) for k, v in params.items()}
+        obs = model.observe(xt, p_t, self._inputs(batch, time_axis=True))
+        n_obs = len(model.observable_names)
+        if obs.dim() != 4 or obs.shape[-1] != n_obs:
+            raise ValueError(
+                f"Model {type(model).__name__}: observe() returned shape {tuple(obs.shape)}; expected "
+                f"(S, K, n_times, n_observables={n_obs})."
+            )
+        return obs.transpose(-1, -2)
+
+    def noise_params(self, params):
+        """Noise parameters stacked per observable: ``(1|S, Kg, n_obs, 1)`` tensors."""
+        obs = self.model.observable_names
+        return {
+            b: torch.stack(torch.broadcast_tensors(*[params[f"{b}_{o}"] for o in obs]), -1).unsqueeze(-1)
+            for b in self.noise_bases
+        }
+
+    def log_likelihood(self, means, batch, params):
+        """Masked log-likelihood of the observations: ``(S, K)``.
+
+        Samples whose simulation is not finite, or whose likelihood overflows,
+        get NaN (turned into weight zero by the bound). Their means are replaced
+        by the data before the density is evaluated, so their gradients are
+        exactly zero instead of ``0 * inf = NaN``.
+        """
+        y = batch["y"].unsqueeze(1)
+        mask = batch["mask"].unsqueeze(1)
+        nparams = self.noise_params(params)
+        noise = self.model.noise
+        with torch.no_grad():
+            finite = torch.isfinite(means)
+            probe = noise.log_prob(y, torch.where(finite, means, torch.zeros_like(means)), nparams)
+            ok = finite & (torch.isfinite(probe) | ~mask)
+            bad = ~ok.all(-1).all(-1)  # (S, K)
+        if bool(bad.any()):
+            means = torch.where(bad[..., None, None], y.expand_as(means), means)
+        lp = noise.log_prob(y, means, nparams)
+        ll = torch.where(mask, lp, torch.zeros_like(lp)).sum((-2, -1))
+        return torch.where(bad, torch.full_like(ll, math.nan), ll)
+
+    # ------------------------------------------------------ log weights
+    def log_weights(self, batch, K, g, generator, detach_q=False, include_global=False):
+        """Log importance weights of ``K`` draws per series.
+
+        Parameters
+        ----------
+        batch : dict
+            From :meth:`SeriesData.batch`.
+        K : int
+            Importance samples per series.
+        g : torch.Tensor of shape (1, D) or (K, D)
+            Global latent draw(s): one shared draw (training) or one per
+            importance sample (evaluation, integrating over ``q(g)``).
+        generator : torch.Generator
+        detach_q : bool, default=False
+            Evaluate ``log q`` at detached encoder outputs (DReG).
+        include_global : bool, default=False
+            Add ``log p(g) - log q(g)`` to every weight (the reference
+            implementation's per-well bound).
+
+        Returns
+        -------
+        dict
+            ``log_w`` (S, K) sanitised, ``n_bad``, ``z`` (S, K, n_ind),
+            ``params``, ``means``, ``g``.
+        """
+        loc, scale = self.encoder(
+            batch["enc_y"], batch["mask"].to(batch["enc_y"].dtype), batch["enc_times"],
+            batch["enc_inputs"], batch["codes"],
+        )
+        S = loc.shape[0]
+        eps = torch.randn((S, K, loc.shape[-1]), generator=generator, dtype=loc.dtype, device=loc.device)
+        z = loc.unsqueeze(1) + scale.unsqueeze(1) * eps
+        if detach_q:
+            log_q = log_normal(z, loc.detach().unsqueeze(1), scale.detach().unsqueeze(1)).sum(-1)
+        else:
+            log_q = log_normal(z, loc.unsqueeze(1), scale.unsqueeze(1)).sum(-1)
+        log_pz = self.hierarchy.individual_log_prior(g, z)
+        params = self.hierarchy.params(g, z, batch["codes"], self.factor_index, generator)
+        means = self.simulate(params, batch, K)
+        log_w = self.log_likelihood(means, batch, params) + log_pz - log_q
+        if include_global:
+            log_w = log_w + (self.log_prior_global(g) - self.q_global.log_prob(g)).unsqueeze(0)
+        log_w, n_bad = sanitize_log_weights(log_w)
+        return {"log_w": log_w, "n_bad": n_bad, "z": z, "params": params, "means": means, "g": g,
+                "loc": loc, "scale": scale}
+
+    def training_loss(self, batch, n_total, K, generator, estimator="iwae"):
+        """Loss for one minibatch with a single shared draw of the global latents.
+
+        Returns
+        -------
+        loss : torch.Tensor
+        per_series : torch.Tensor of shape (S,)
+        out : dict
+            As from :meth:`log_weights`.
+        """
+        g = self.q_global.rsample(1, generator)
+        out = self.log_weights(batch, K, g, generator, detach_q=(estimator == "dreg"))
+        loss, per_series = minibatch_objective(
+            out["log_w"], self.kl_global(), n_total, z=out["z"], estimator=estimator
+        )
+        return loss, per_series, out
+
+    @torch.no_grad()
+    def evaluate(self, batch, K, generator, include_global=False):
+        """Log weights with one global draw per importance sample (no gradients)."""
+        g = self.q_global.rsample(K, generator)
+        return self.log_weights(batch, K, g, generator, include_global=include_global)
+
+    @torch.no_grad()
+    def predictive(self, batch, K, generator, pred_batch=None):
+        """Importance-weighted posterior predictive mean and variance.
+
+        Parameters
+        ----------
+        batch : dict
+            Observed data (defines the weights).
+        K : int
+        generator : torch.Generator
+        pred_batch : dict, optional
+            Same series on another output grid.
+
+        Returns
+        -------
+        mean, var : torch.Tensor of shape (S, n_observables, n_times_out)
+        out : dict
+            As from :meth:`evaluate`.
+        """
+        out = self.evaluate(batch, K, generator)
+        w = normalized_weights(out["log_w"])
+        means = out["means"] if pred_batch is None else self.simulate(out["params"], pred_batch, K)
+        noise_var = self.model.noise.variance(means, self.noise_params(out["params"]))
+        finite = torch.isfinite(means) & torch.isfinite(noise_var)
+        means = torch.where(finite, means, torch.zeros_like(means))
+        noise_var = torch.where(finite, noise_var, torch.zeros_like(noise_var))
+        wk = w[:, :, None, None]
+        mean = (wk * means).sum(1)
+        second = (wk * (means * means + noise_var)).sum(1)
+        var = (second - mean * mean).clamp(min=0.0)
+        return mean, var, out

@@ -1,0 +1,273 @@
+"""Validation of user arrays: clear errors naming the argument, numpy only.
+
+The estimator calls these before anything reaches torch, so bad input never
+surfaces as a traceback from deep inside the solver.
+"""
+
+import numbers
+import warnings
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "check_observations",
+    "check_times",
+    "check_inputs",
+    "check_groups",
+    "check_positive_int",
+    "check_positive_float",
+]
+
+
+def check_positive_int(value, name, minimum=1):
+    """Return ``value`` as int if it is an integer ``>= minimum``; else raise."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_positive_float(value, name, allow_none=False):
+    """Return ``value`` as float if it is a finite number ``> 0``; else raise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a positive number, got {value!r}.")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+    return value
+
+
+def check_observations(X, n_observables=None):
+    """Validate observations ``X`` of shape ``(n_series, n_observables, n_times)``.
+
+    NaN marks a missing value; infinite values are errors.
+
+    Parameters
+    ----------
+    X : array-like
+    n_observables : int, optional
+        Expected number of observables (the model's).
+
+    Returns
+    -------
+    numpy.ndarray of float64
+    """
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged nested lists etc.
+        raise ValueError(f"X could not be converted to an array: {exc}") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"X must be numeric, got an array of dtype {arr.dtype}.") from exc
+    if np.iscomplexobj(arr):
+        raise TypeError("X must be real-valued, got complex numbers.")
+    arr = arr.astype(np.float64, copy=False)
+    if arr.ndim != 3:
+        raise ValueError(
+            f"X must be a 3-D array of shape (n_series, n_observables, n_times), got shape "
+            f"{arr.shape}. For a single observable use X[:, None, :]."
+        )
+    if arr.shape[0] == 0:
+        raise ValueError("X has 0 series; at least one is required.")
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise ValueError(f"X has shape {arr.shape}: it needs at least one observable and one time.")
+    if np.isinf(arr).any():
+        raise ValueError("X contains infinite values; use NaN for missing observations.")
+    if n_observables is not None and arr.shape[1] != n_observables:
+        raise ValueError(
+            f"X has {arr.shape[1]} observables (axis 1) but the model has {n_observables}."
+        )
+    return arr
+
+
+def check_times(times, n_series, n_times, t0=0.0):
+    """Validate a shared ``(n_times,)`` or per-series ``(n_series, n_times)`` time grid.
+
+    Per-series grids may be NaN-padded at the end (ragged series); NaN inside
+    the observed range is an error.
+
+    Parameters
+    ----------
+    times : array-like or None
+        ``None`` gives ``0, 1, ..., n_times - 1``.
+    n_series, n_times : int
+        Shape of ``X``.
+    t0 : float
+        Start time of the model; no time may be earlier.
+
+    Returns
+    -------
+    times : numpy.ndarray
+        ``(n_times,)`` or ``(n_series, n_times)``; NaN padding replaced by the
+        last valid time (zero-length steps).
+    valid : numpy.ndarray of bool or None
+        ``(n_series, n_times)`` mask of real (non-padding) time points, or
+        ``None`` for a shared grid.
+    """
+    if times is None:
+        return np.arange(n_times, dtype=np.float64) + t0, None
+    try:
+        t = np.asarray(times, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"times must be numeric: {exc}") from exc
+    if t.ndim == 1:
+        if t.shape[0] != n_times:
+            raise ValueError(f"times has {t.shape[0]} points but X has {n_times} time points.")
+        if not np.isfinite(t).all():
+            raise ValueError("times (shared grid) must be finite; NaN padding needs a per-series grid.")
+        _check_increasing(t[None], "times")
+        if t[0] < t0:
+            raise ValueError(f"times must be >= the model's start time t0={t0}; got {t[0]}.")
+        return t, None
+    if t.ndim != 2 or t.shape != (n_series, n_times):
+        raise ValueError(
+            f"times must have shape (n_times,)=({n_times},) or (n_series, n_times)="
+            f"({n_series}, {n_times}); got {t.shape}."
+        )
+    if np.isinf(t).any():
+        raise ValueError("times contains infinite values.")
+    valid = ~np.isnan(t)
+    n_valid = valid.sum(1)
+    if (n_valid == 0).any():
+        raise ValueError(f"times: series {np.flatnonzero(n_valid == 0)[:5].tolist()} have no valid time.")
+    # NaN only as trailing padding
+    expected = np.arange(n_times)[None, :] < n_valid[:, None]
+    if (valid != expected).any():
+        bad = np.flatnonzero((valid != expected).any(1))[:5].tolist()
+        raise ValueError(
+            f"times has NaN inside the observed range of series {bad}; NaN is only allowed as "
+            "trailing padding of shorter series."
+        )
+    last = t[np.arange(n_series), n_valid - 1]
+    t = np.where(valid, t, last[:, None])
+    _check_increasing(np.where(valid, t, np.inf), "times", valid)
+    if (t[:, 0] < t0).any():
+        raise ValueError(f"times must be >= the model's start time t0={t0}; got {t[:, 0].min()}.")
+    return t, valid
+
+
+def _check_increasing(t, name, valid=None):
+    d = np.diff(t, axis=-1)
+    if valid is not None:
+        d = np.where(valid[:, 1:], d, 1.0)
+    if (d <= 0).any():
+        raise ValueError(f"{name} must be strictly increasing along the time axis.")
+
+
+def check_inputs(inputs, n_series, input_names):
+    """Validate per-series inputs of shape ``(n_series, n_inputs)``.
+
+    Parameters
+    ----------
+    inputs : array-like, pandas.DataFrame or None
+        A DataFrame is matched to ``input_names`` by column name.
+    n_series : int
+    input_names : tuple of str
+        The model's declared inputs.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_series, n_inputs)
+    """
+    n_in = len(input_names)
+    if inputs is None:
+        if n_in:
+            raise ValueError(f"inputs is required: the model declares inputs {tuple(input_names)}.")
+        return np.zeros((n_series, 0))
+    if isinstance(inputs, pd.DataFrame):
+        missing = [c for c in input_names if c not in inputs.columns]
+        if missing:
+            raise ValueError(f"inputs DataFrame lacks columns {missing} declared by the model.")
+        inputs = inputs[list(input_names)].to_numpy()
+    try:
+        u = np.asarray(inputs, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"inputs must be numeric: {exc}") from exc
+    if u.ndim == 1 and n_in == 1:
+        u = u[:, None]
+    if u.ndim != 2:
+        raise ValueError(f"inputs must be 2-D (n_series, n_inputs); got shape {u.shape}.")
+    if u.shape[0] != n_series:
+        raise ValueError(f"inputs has {u.shape[0]} rows but X has {n_series} series.")
+    if u.shape[1] != n_in:
+        raise ValueError(
+            f"inputs has {u.shape[1]} columns but the model declares {n_in} inputs {tuple(input_names)}."
+        )
+    if not np.isfinite(u).all():
+        raise ValueError("inputs contains NaN or infinite values.")
+    return u
+
+
+def check_groups(groups, n_series, factor_names):
+    """Validate group labels into a DataFrame with one column per factor.
+
+    Parameters
+    ----------
+    groups : array-like, pandas.Series, pandas.DataFrame or None
+        ``(n_series,)`` for one factor, ``(n_series, n_factors)`` for several,
+        or a DataFrame whose columns name the factors (extra columns ignored).
+    n_series : int
+    factor_names : tuple of str
+        The factors used by the model's group parameters.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``n_series`` rows, columns ``factor_names``, labels as objects.
+    """
+    factor_names = list(factor_names)
+    if groups is None:
+        if factor_names:
+            raise ValueError(
+                f"groups is required: the model has group-level parameters on factors {factor_names}."
+            )
+        return pd.DataFrame(index=range(n_series))
+    if isinstance(groups, pd.DataFrame):
+        missing = [f for f in factor_names if f not in groups.columns]
+        if missing and groups.shape[1] == len(factor_names) and all(
+            isinstance(c, int) for c in groups.columns
+        ):
+            df = groups.set_axis(factor_names, axis=1)
+        elif missing:
+            raise ValueError(
+                f"groups DataFrame lacks columns {missing} for the model's factors {factor_names}."
+            )
+        else:
+            df = groups[factor_names]
+    else:
+        g = np.asarray(groups, dtype=object)
+        if g.ndim == 1:
+            g = g[:, None]
+        if g.ndim != 2:
+            raise ValueError(f"groups must be 1-D or 2-D; got shape {g.shape}.")
+        if g.shape[1] != len(factor_names):
+            raise ValueError(
+                f"groups has {g.shape[1]} factor column(s) but the model uses {len(factor_names)} "
+                f"factor(s) {factor_names}."
+            )
+        df = pd.DataFrame(g, columns=factor_names)
+    if df.shape[0] != n_series:
+        raise ValueError(f"groups has {df.shape[0]} rows but X has {n_series} series.")
+    df = df.reset_index(drop=True).astype(object)
+    if df.isna().to_numpy().any():
+        raise ValueError("groups contains missing labels (NaN/None).")
+    return df
+
+
+def warn_all_missing(mask):
+    """Indices of series with no observation at all (warns if any)."""
+    empty = np.flatnonzero(~mask.any(axis=(1, 2)))
+    if empty.size:
+        warnings.warn(
+            f"{empty.size} series have no observed values (e.g. {empty[:5].tolist()}); they carry "
+            "no information and their scores are the prior predictive only.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return empty

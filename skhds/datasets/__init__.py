@@ -1,0 +1,14 @@
+"""Data: simulation with known truth, synthetic problems and the plate-reader study."""
+
+from ._double_receiver import fetch_double_receiver, get_data_home
+from ._plate_reader import load_plate_reader
+from ._simulate import simulate
+from ._synthetic import make_logistic_growth
+
+__all__ = [
+    "simulate",
+    "make_logistic_growth",
+    "load_plate_reader",
+    "fetch_double_receiver",
+    "get_data_home",
+]

@@ -1,0 +1,10 @@
+"""Priors and bijections (pure torch).
+
+Every prior is a Normal on an unconstrained scale pushed through a bijector;
+see :class:`Prior`.
+"""
+
+from ._bijectors import Exp, Identity, Sigmoid
+from ._priors import LogitNormal, LogNormal, Normal, Prior
+
+__all__ = ["Prior", "Normal", "LogNormal", "LogitNormal", "Identity", "Exp", "Sigmoid"]

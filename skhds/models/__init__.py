@@ -1,0 +1,22 @@
+"""Model specification: the ``ODEModel`` base class, parameters, noise models, shipped models."""
+
+from ._base import ODEModel, check_model
+from ._hierarchy import Hierarchy
+from ._logistic import LogisticGrowth
+from ._noise import Combined, Gaussian, Laplace, NoiseModel, Proportional, StudentT
+from ._parameters import LEVELS, Parameter
+
+__all__ = [
+    "ODEModel",
+    "Parameter",
+    "LEVELS",
+    "Hierarchy",
+    "check_model",
+    "NoiseModel",
+    "Gaussian",
+    "Proportional",
+    "Combined",
+    "Laplace",
+    "StudentT",
+    "LogisticGrowth",
+]

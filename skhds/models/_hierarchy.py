@@ -1,0 +1,275 @@
+"""The hierarchy: global latent layout, hyperpriors, and latents -> parameters.
+
+Every inferred quantity is Gaussian on an unconstrained scale. For a parameter
+declared with prior ``bijector(Normal(m, s))``:
+
+* population level: one latent ``u ~ N(m, s)``;
+* individual level, learned random effects (default): population location
+  ``mu ~ N(m, s)`` and spread ``log omega ~ N(log s, hyper_scale)``; each series
+  has ``z_i ~ N(mu, omega)``, amortised by the encoder;
+* individual level, fixed random effects (the reference implementation's
+  behaviour): ``z_i ~ N(m, s)``;
+* group level with factor ``f``: location ``mu`` and spread ``log tau`` as
+  above (or fixed at ``m, s``), and per level ``z_l ~ N(mu, tau)`` (centred:
+  with many series per level the data pin ``z_l`` down, and a mean-field
+  family then still gets the posterior spread of ``mu`` right, which a
+  non-centred one underestimates badly). A level not seen in training gets a
+  fresh ``z ~ N(mu, tau)`` per draw: zero-shot prediction marginalises over the
+  group distribution.
+
+All population and group latents form one vector (the *global* latents).
+Its prior is Gaussian given ``mu`` and ``tau``, and the KL from a mean-field
+Gaussian posterior, including the expectation of the conditional terms of
+the level values, is computed in closed form (:meth:`Hierarchy.kl`).
+"""
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["Hierarchy"]
+
+
+def _log_normal(x, loc, scale):
+    u = (x - loc) / scale
+    return -0.5 * u * u - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+
+
+class Hierarchy:
+    """Layout of the global latent vector and the map to model parameters.
+
+    Parameters
+    ----------
+    specs : list of Parameter
+        Parameter declarations (including noise parameters).
+    n_levels : dict
+        Number of training levels of each factor used by group parameters.
+    random_effects : {"learned", "fixed"}, default="learned"
+        Learn the population location and spread of individual and group
+        parameters, or fix them at the declared prior (reference behaviour).
+    hyper_scale : float, default=0.5
+        Prior standard deviation of ``log omega`` and ``log tau`` around the
+        log of the declared prior scale.
+    """
+
+    def __init__(self, specs, n_levels, random_effects="learned", hyper_scale=0.5):
+        self.specs = list(specs)
+        self.random_effects = random_effects
+        self.learned = random_effects == "learned"
+        self.population = [s for s in specs if s.level == "population"]
+        self.group = [s for s in specs if s.level == "group"]
+        self.individual = [s for s in specs if s.level == "individual"]
+        self.n_levels = {s.factor: int(n_levels[s.factor]) for s in self.group}
+
+        names, loc, scale = [], [], []
+
+        def add(name, m, sd, count=1):
+            start = len(loc)
+            for k in range(count):
+                names.append(name if count == 1 else f"{name}[{k}]")
+                loc.append(m)
+                scale.append(sd)
+            return start
+
+        self.pop_index = {s.name: add(s.name, s.prior.loc, s.prior.scale) for s in self.population}
+        self.ind_index = {}
+        if self.learned:
+            for s in self.individual:
+                i_mu = add(f"mu_{s.name}", s.prior.loc, s.prior.scale)
+                i_om = add(f"log_omega_{s.name}", math.log(s.prior.scale), hyper_scale)
+                self.ind_index[s.name] = (i_mu, i_om)
+        self.grp_index = {}
+        for s in self.group:
+            if self.learned:
+                i_mu = add(f"mu_{s.name}", s.prior.loc, s.prior.scale)
+                i_tau = add(f"log_tau_{s.name}", math.log(s.prior.scale), hyper_scale)
+            else:
+                i_mu = i_tau = None
+            # Placeholder prior (used only if random effects are fixed): the level
+            # values are N(mu, tau) given the hyperparameters.
+            i_v = add(f"{s.name}", s.prior.loc, s.prior.scale, count=self.n_levels[s.factor])
+            self.grp_index[s.name] = (i_mu, i_tau, i_v)
+        self.latent_names = names
+        conditional = np.zeros(len(loc), dtype=bool)
+        if self.learned:
+            for s in self.group:
+                i_v = self.grp_index[s.name][2]
+                conditional[i_v : i_v + self.n_levels[s.factor]] = True
+        self.conditional = conditional
+        self.prior_loc = np.asarray(loc, dtype=float)
+        self.prior_scale = np.asarray(scale, dtype=float)
+        self.ind_loc = np.array([s.prior.loc for s in self.individual], dtype=float)
+        self.ind_scale = np.array([s.prior.scale for s in self.individual], dtype=float)
+
+    @property
+    def n_global(self):
+        """Length of the global latent vector."""
+        return len(self.prior_loc)
+
+    @property
+    def n_individual(self):
+        """Number of individual parameters (encoder outputs per series)."""
+        return len(self.individual)
+
+    # ----------------------------------------------------------- individual
+    def individual_prior(self, g):
+        """Location and spread of ``z_i`` on the unconstrained scale.
+
+        Parameters
+        ----------
+        g : torch.Tensor of shape (Kg, n_global)
+
+        Returns
+        -------
+        mu, omega : torch.Tensor of shape (Kg, n_individual)
+        """
+        if not self.individual:
+            empty = g.new_zeros((g.shape[0], 0))
+            return empty, empty
+        if self.learned:
+            i_mu = [self.ind_index[s.name][0] for s in self.individual]
+            i_om = [self.ind_index[s.name][1] for s in self.individual]
+            return g[:, i_mu], torch.exp(g[:, i_om])
+        mu = torch.as_tensor(self.ind_loc, dtype=g.dtype, device=g.device)
+        om = torch.as_tensor(self.ind_scale, dtype=g.dtype, device=g.device)
+        return mu.expand(g.shape[0], -1), om.expand(g.shape[0], -1)
+
+    def individual_log_prior(self, g, z):
+        """``log N(z | mu, omega)`` summed over individual parameters, ``(S, K)``."""
+        mu, omega = self.individual_prior(g)
+        u = (z - mu.unsqueeze(0)) / omega.unsqueeze(0)
+        lp = -0.5 * u * u - torch.log(omega).unsqueeze(0) - 0.5 * math.log(2 * math.pi)
+        return lp.sum(-1)
+
+    # -------------------------------------------------------------- mapping
+    def group_location_spread(self, g, spec):
+        """Location and spread (``(Kg,)`` each) of a group parameter's levels."""
+        i_mu, i_tau, _ = self.grp_index[spec.name]
+        if self.learned:
+            return g[:, i_mu], torch.exp(g[:, i_tau])
+        return (
+            g.new_full((g.shape[0],), spec.prior.loc),
+            g.new_full((g.shape[0],), spec.prior.scale),
+        )
+
+    def group_values(self, g, spec):
+        """Unconstrained values of a group parameter at its training levels, ``(Kg, L)``."""
+        _, _, i_v = self.grp_index[spec.name]
+        return g[:, i_v : i_v + self.n_levels[spec.factor]]
+
+    # ------------------------------------------------------ prior and KL
+    def log_prior(self, g):
+        """``log p(g)`` of global draws ``(n, D)``: ``(n,)``."""
+        loc = torch.as_tensor(self.prior_loc, dtype=g.dtype, device=g.device)
+        scale = torch.as_tensor(self.prior_scale, dtype=g.dtype, device=g.device)
+        lp = _log_normal(g, loc, scale)
+        indep = torch.as_tensor(~self.conditional, device=g.device)
+        total = torch.where(indep, lp, torch.zeros_like(lp)).sum(-1)
+        for s in self.group if self.learned else ():
+            mu, tau = self.group_location_spread(g, s)
+            v = self.group_values(g, s)
+            total = total + _log_normal(v, mu.unsqueeze(-1), tau.unsqueeze(-1)).sum(-1)
+        return total
+
+    def kl(self, q_loc, q_scale):
+        """Closed-form ``KL(q || p)`` for a mean-field Gaussian ``q`` of the global latents.
+
+        Parameters
+        ----------
+        q_loc, q_scale : torch.Tensor of shape (n_global,)
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar.
+        """
+        loc = torch.as_tensor(self.prior_loc, dtype=q_loc.dtype, device=q_loc.device)
+        scale = torch.as_tensor(self.prior_scale, dtype=q_loc.dtype, device=q_loc.device)
+        var_ratio = (q_scale / scale) ** 2
+        kl = 0.5 * (var_ratio + ((q_loc - loc) / scale) ** 2 - 1.0 - torch.log(var_ratio))
+        indep = torch.as_tensor(~self.conditional, device=q_loc.device)
+        total = torch.where(indep, kl, torch.zeros_like(kl)).sum()
+        for s in self.group if self.learned else ():
+            i_mu, i_tau, i_v = self.grp_index[s.name]
+            sl = slice(i_v, i_v + self.n_levels[s.factor])
+            m_v, s_v = q_loc[sl], q_scale[sl]
+            m_mu, s_mu = q_loc[i_mu], q_scale[i_mu]
+            m_t, s_t = q_loc[i_tau], q_scale[i_tau]
+            # E_q[-log N(v | mu, tau)] with log tau ~ N(m_t, s_t):
+            # E[1 / tau^2] = exp(-2 m_t + 2 s_t^2), E[log tau] = m_t
+            sq = (m_v - m_mu) ** 2 + s_v ** 2 + s_mu ** 2
+            cross = 0.5 * sq * torch.exp(-2.0 * m_t + 2.0 * s_t ** 2) + m_t + 0.5 * math.log(2 * math.pi)
+            entropy = torch.log(s_v) + 0.5 * math.log(2 * math.pi) + 0.5
+            total = total + (cross - entropy).sum()
+        return total
+
+    def params(self, g, z, codes, factor_index, generator=None):
+        """Model parameters on their own scale, each broadcastable to ``(S, K)``.
+
+        Parameters
+        ----------
+        g : torch.Tensor of shape (Kg, n_global)
+            Global latents; ``Kg`` is 1 (shared) or ``K``.
+        z : torch.Tensor of shape (S, K, n_individual)
+            Unconstrained individual values.
+        codes : torch.Tensor of shape (S, n_factors), dtype long
+            Level codes per factor; ``-1`` marks a level unseen in training.
+        factor_index : dict
+            Column of ``codes`` for each factor name.
+        generator : torch.Generator, optional
+            Used to draw the group effect of unseen levels.
+
+        Returns
+        -------
+        dict
+            Name -> tensor.
+        """
+        out = {}
+        for s in self.population:
+            out[s.name] = s.prior.bijector.forward(g[:, self.pop_index[s.name]]).unsqueeze(0)
+        S, K = z.shape[0], z.shape[1]
+        for s in self.group:
+            vals = self.group_values(g, s)  # (Kg, L)
+            c = codes[:, factor_index[s.factor]]
+            seen = c >= 0
+            val = vals.t()[c.clamp(min=0)]  # (S, Kg)
+            if not bool(seen.all()):
+                mu, tau = self.group_location_spread(g, s)
+                eps = torch.randn((S, K), generator=generator, dtype=g.dtype, device=g.device)
+                fresh = mu.unsqueeze(0) + tau.unsqueeze(0) * eps
+                val = torch.where(seen.unsqueeze(-1), val, fresh)
+            out[s.name] = s.prior.bijector.forward(val)
+        for j, s in enumerate(self.individual):
+            out[s.name] = s.prior.bijector.forward(z[..., j])
+        return out
+
+    def describe_global(self, g):
+        """Named, interpretable global quantities from latent draws (numpy).
+
+        Parameters
+        ----------
+        g : torch.Tensor of shape (n_draws, n_global)
+
+        Returns
+        -------
+        dict
+            Population parameters ``(n_draws,)`` on their own scale; group
+            parameters ``(n_draws, n_levels)``; and hyperparameters
+            ``mu_<name>``, ``omega_<name>`` (individual) and ``mu_<name>``,
+            ``tau_<name>`` (group), on the unconstrained scale.
+        """
+        out = {}
+        with torch.no_grad():
+            for s in self.population:
+                out[s.name] = s.prior.bijector.forward(g[:, self.pop_index[s.name]])
+            for s in self.group:
+                out[s.name] = s.prior.bijector.forward(self.group_values(g, s))
+                if self.learned:
+                    mu, tau = self.group_location_spread(g, s)
+                    out[f"mu_{s.name}"], out[f"tau_{s.name}"] = mu, tau
+            if self.learned:
+                mu, omega = self.individual_prior(g)
+                for j, s in enumerate(self.individual):
+                    out[f"mu_{s.name}"], out[f"omega_{s.name}"] = mu[:, j], omega[:, j]
+        return {k: v.detach().cpu().numpy() for k, v in out.items()}

@@ -1,0 +1,208 @@
+"""Observation noise models: ``y ~ Noise(mean, noise parameters)``.
+
+A noise model declares its parameters (population level, one per observable)
+and evaluates element-wise log densities; masked (unobserved) entries are
+excluded by the caller. Parameters arrive as tensors shaped
+``(S|1, K|1, n_observables, 1)`` so they broadcast against means shaped
+``(S, K, n_observables, n_times)``.
+"""
+
+import math
+
+import torch
+
+from ..distributions import LogNormal
+
+__all__ = ["NoiseModel", "Gaussian", "Proportional", "Combined", "Laplace", "StudentT"]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_FLOOR = 1e-8  # keeps scales strictly positive where the mean is exactly zero
+
+
+class NoiseModel:
+    """Base class: subclasses set ``param_priors`` and implement the densities."""
+
+    #: mapping from base parameter name to its default prior
+    param_priors = {}
+
+    def declare(self):
+        """Mapping base name -> prior of the noise parameters (one per observable)."""
+        return dict(self.param_priors)
+
+    def log_prob(self, y, mean, params):
+        """Element-wise log density of ``y`` given the mean; shape of ``mean``."""
+        raise NotImplementedError
+
+    def variance(self, mean, params):
+        """Variance of an observation around ``mean`` (for predictive bands)."""
+        raise NotImplementedError
+
+    def sample(self, mean, params, generator=None):
+        """Draw observations around ``mean``."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and vars(self) == vars(other)
+
+
+def _normal_log_prob(y, mean, sd):
+    u = (y - mean) / sd
+    return -0.5 * u * u - torch.log(sd) - _LOG_SQRT_2PI
+
+
+class Gaussian(NoiseModel):
+    """Additive Gaussian error: ``y = f + sigma * e``, ``e ~ N(0, 1)``.
+
+    Parameters
+    ----------
+    sigma_prior : Prior, default=LogNormal(log(0.1), 1.5)
+        Prior of the noise standard deviation of each observable.
+    """
+
+    def __init__(self, sigma_prior=None):
+        self.sigma_prior = sigma_prior if sigma_prior is not None else LogNormal(math.log(0.1), 1.5)
+
+    def declare(self):
+        """Mapping ``{"sigma": prior}``."""
+        return {"sigma": self.sigma_prior}
+
+    def log_prob(self, y, mean, params):
+        """Gaussian log density."""
+        return _normal_log_prob(y, mean, params["sigma"])
+
+    def variance(self, mean, params):
+        """``sigma ** 2``."""
+        return (params["sigma"] ** 2).expand_as(mean)
+
+    def sample(self, mean, params, generator=None):
+        """Draw ``mean + sigma * e``."""
+        e = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + params["sigma"] * e
+
+
+class Proportional(Gaussian):
+    """Proportional Gaussian error: ``y = f + b |f| e``.
+
+    Parameters
+    ----------
+    b_prior : Prior, default=LogNormal(log(0.1), 1.0)
+        Prior of the relative error ``b`` (coefficient of variation).
+    """
+
+    def __init__(self, b_prior=None):
+        self.b_prior = b_prior if b_prior is not None else LogNormal(math.log(0.1), 1.0)
+
+    def declare(self):
+        """Mapping ``{"b": prior}``."""
+        return {"b": self.b_prior}
+
+    def _sd(self, mean, params):
+        return params["b"] * mean.abs() + _FLOOR
+
+    def log_prob(self, y, mean, params):
+        """Gaussian log density with standard deviation ``b |f|``."""
+        return _normal_log_prob(y, mean, self._sd(mean, params))
+
+    def variance(self, mean, params):
+        """``(b f) ** 2``."""
+        return self._sd(mean, params) ** 2
+
+    def sample(self, mean, params, generator=None):
+        """Draw ``mean + b |mean| e``."""
+        e = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + self._sd(mean, params) * e
+
+
+class Combined(Proportional):
+    """Combined additive and proportional error: ``sd = sqrt(a^2 + (b f)^2)``.
+
+    Parameters
+    ----------
+    a_prior : Prior, default=LogNormal(log(0.05), 1.5)
+        Prior of the additive part ``a``.
+    b_prior : Prior, default=LogNormal(log(0.1), 1.0)
+        Prior of the proportional part ``b``.
+    """
+
+    def __init__(self, a_prior=None, b_prior=None):
+        super().__init__(b_prior)
+        self.a_prior = a_prior if a_prior is not None else LogNormal(math.log(0.05), 1.5)
+
+    def declare(self):
+        """Mapping ``{"a": prior, "b": prior}``."""
+        return {"a": self.a_prior, "b": self.b_prior}
+
+    def _sd(self, mean, params):
+        return torch.sqrt(params["a"] ** 2 + (params["b"] * mean) ** 2)
+
+
+class Laplace(Gaussian):
+    """Laplace (double-exponential) error with scale ``b``: robust to outliers.
+
+    Parameters
+    ----------
+    scale_prior : Prior, default=LogNormal(log(0.1), 1.5)
+        Prior of the Laplace scale of each observable.
+    """
+
+    def __init__(self, scale_prior=None):
+        self.scale_prior = scale_prior if scale_prior is not None else LogNormal(math.log(0.1), 1.5)
+
+    def declare(self):
+        """Mapping ``{"scale": prior}``."""
+        return {"scale": self.scale_prior}
+
+    def log_prob(self, y, mean, params):
+        """Laplace log density."""
+        b = params["scale"]
+        return -(y - mean).abs() / b - torch.log(2 * b)
+
+    def variance(self, mean, params):
+        """``2 b^2``."""
+        return (2 * params["scale"] ** 2).expand_as(mean)
+
+    def sample(self, mean, params, generator=None):
+        """Draw Laplace noise by inverse CDF."""
+        u = torch.rand(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device) - 0.5
+        u = u.clamp(-0.5 + 1e-7, 0.5 - 1e-7)
+        return mean - params["scale"] * torch.sign(u) * torch.log1p(-2 * u.abs())
+
+
+class StudentT(Gaussian):
+    """Student-t error with ``df`` degrees of freedom and scale ``sigma``.
+
+    Parameters
+    ----------
+    df : float, default=4.0
+        Degrees of freedom (a fixed hyperparameter, ``> 0``).
+    sigma_prior : Prior, default=LogNormal(log(0.1), 1.5)
+        Prior of the scale of each observable.
+    """
+
+    def __init__(self, df=4.0, sigma_prior=None):
+        super().__init__(sigma_prior)
+        if not (isinstance(df, (int, float)) and df > 0 and math.isfinite(df)):
+            raise ValueError(f"StudentT: df must be a positive finite number, got {df!r}.")
+        self.df = float(df)
+
+    def log_prob(self, y, mean, params):
+        """Student-t log density."""
+        nu, s = self.df, params["sigma"]
+        u = (y - mean) / s
+        const = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+        return const - torch.log(s) - (nu + 1) / 2 * torch.log1p(u * u / nu)
+
+    def variance(self, mean, params):
+        """``sigma^2 df / (df - 2)`` (infinite for ``df <= 2``)."""
+        factor = self.df / (self.df - 2) if self.df > 2 else float("inf")
+        return (factor * params["sigma"] ** 2).expand_as(mean)
+
+    def sample(self, mean, params, generator=None):
+        """Draw ``mean + sigma * t`` with ``t = e / sqrt(chi2 / df)``."""
+        e = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        g = torch._standard_gamma(torch.full(mean.shape, self.df / 2, dtype=mean.dtype, device=mean.device), generator=generator)
+        return mean + params["sigma"] * e / torch.sqrt(2 * g / self.df)

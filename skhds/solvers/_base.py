@@ -1,0 +1,76 @@
+"""Explicit Runge-Kutta stepping shared by every fixed-step solver.
+
+A solver is its Butcher tableau (``a``, ``b``, ``c``) plus this base. The
+step is written for batch-first tensors: states ``(S, K, n_states)``, the time
+``t`` and step ``h`` per series as ``(S, 1)`` (or ``(1, 1)`` when all series
+share a grid), so one call advances every series and importance sample at once.
+Per-series steps make non-uniform and per-series grids cost nothing extra; a
+step of zero (used to pad ragged series) leaves the state unchanged.
+"""
+
+__all__ = ["ExplicitRungeKutta"]
+
+
+class ExplicitRungeKutta:
+    """Fixed-step explicit Runge-Kutta method given by its Butcher tableau.
+
+    Parameters
+    ----------
+    name : str
+        Short name of the method (``"heun"``).
+    order : int
+        Order of global convergence.
+    a : sequence of sequence of float
+        Strictly lower-triangular stage coefficients; ``a[i]`` has ``i`` entries.
+    b : sequence of float
+        Weights of the stages in the update.
+    c : sequence of float
+        Nodes: stage ``i`` is evaluated at ``t + c[i] h``.
+    """
+
+    def __init__(self, name, order, a, b, c):
+        if not (len(a) == len(b) == len(c)) or any(len(row) != i for i, row in enumerate(a)):
+            raise ValueError(f"Inconsistent Butcher tableau for solver {name!r}.")
+        self.name = name
+        self.order = order
+        self.a = tuple(tuple(float(v) for v in row) for row in a)
+        self.b = tuple(float(v) for v in b)
+        self.c = tuple(float(v) for v in c)
+        self.n_stages = len(b)
+
+    def step(self, func, t, x, h):
+        """Advance ``x`` from ``t`` to ``t + h``.
+
+        Parameters
+        ----------
+        func : callable
+            ``func(t, x) -> dx/dt`` with ``t`` shaped ``(S, 1)`` and ``x``
+            shaped ``(S, K, n_states)``.
+        t : torch.Tensor
+            Current time, ``(S, 1)`` or ``(1, 1)``.
+        x : torch.Tensor
+            Current state, ``(S, K, n_states)``.
+        h : torch.Tensor
+            Step size, same shape as ``t``.
+
+        Returns
+        -------
+        torch.Tensor
+            The state at ``t + h``, shaped like ``x``.
+        """
+        hx = h.unsqueeze(-1)  # (S, 1, 1) broadcasts against states
+        stages = []
+        for ci, ai in zip(self.c, self.a):
+            xi = x
+            for aij, kj in zip(ai, stages):
+                if aij != 0.0:
+                    xi = xi + (aij * hx) * kj
+            stages.append(func(t + ci * h if ci != 0.0 else t, xi))
+        incr = None
+        for bi, ki in zip(self.b, stages):
+            if bi != 0.0:
+                incr = bi * ki if incr is None else incr + bi * ki
+        return x + hx * incr
+
+    def __repr__(self):
+        return f"ExplicitRungeKutta(name={self.name!r}, order={self.order})"

@@ -1,0 +1,113 @@
+"""Integrate a batch of ODEs on fixed steps and return states at given times.
+
+``odeint`` is the one entry point. Between consecutive output times it takes
+``n_substeps[j]`` equal steps; every series takes the same number of steps, with
+its own step length when series have their own grids. Outputs are written into
+one preallocated tensor (no list + stack) so the loop stays lean.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from ._euler import euler
+from ._heun import heun
+from ._midpoint import midpoint
+from ._rk4 import rk4
+
+__all__ = ["odeint", "get_solver", "substeps_for_grid", "SOLVERS"]
+
+SOLVERS = {s.name: s for s in (euler, heun, midpoint, rk4)}
+
+
+def get_solver(method):
+    """Return the solver named ``method`` (or ``method`` itself if it is a solver).
+
+    Parameters
+    ----------
+    method : str or ExplicitRungeKutta
+        One of ``"euler"``, ``"heun"``, ``"midpoint"``, ``"rk4"``.
+
+    Returns
+    -------
+    ExplicitRungeKutta
+    """
+    if hasattr(method, "step") and hasattr(method, "order"):
+        return method
+    if not isinstance(method, str) or method not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {method!r}.")
+    return SOLVERS[method]
+
+
+def substeps_for_grid(times, dt):
+    """Number of steps per output interval so that no step exceeds ``dt``.
+
+    Parameters
+    ----------
+    times : array-like of shape (n_times,) or (n_series, n_times)
+        Output grid(s), non-decreasing along the last axis (NaN not allowed).
+    dt : float or None
+        Largest step. ``None`` takes one step per interval (the data grid).
+
+    Returns
+    -------
+    list of int
+        ``n_times - 1`` step counts, each ``>= 1``, shared by all series.
+    """
+    t = np.asarray(times, dtype=float)
+    if t.ndim == 1:
+        t = t[None, :]
+    n = t.shape[-1] - 1
+    if dt is None:
+        return [1] * n
+    widest = np.max(np.diff(t, axis=-1), axis=0) if n > 0 else np.zeros(0)
+    return [max(1, int(math.ceil(w / dt - 1e-9))) for w in widest]
+
+
+def odeint(func, x0, times, *, method="heun", n_substeps=1):
+    """Solve ``dx/dt = func(t, x)`` for a batch and return states at ``times``.
+
+    Parameters
+    ----------
+    func : callable
+        Right-hand side ``func(t, x)``; ``t`` is a tensor ``(S, 1)`` (or
+        ``(1, 1)`` for a shared grid), ``x`` is ``(S, K, n_states)``; returns
+        a tensor shaped like ``x``.
+    x0 : torch.Tensor of shape (S, K, n_states)
+        State at ``times[..., 0]``.
+    times : torch.Tensor of shape (n_times,) or (S, n_times)
+        Output times, non-decreasing; a repeated time (zero step) is allowed
+        and is how ragged series are padded.
+    method : str or ExplicitRungeKutta, default="heun"
+        Fixed-step method.
+    n_substeps : int or sequence of int, default=1
+        Steps per output interval (see :func:`substeps_for_grid`).
+
+    Returns
+    -------
+    torch.Tensor of shape (S, K, n_states, n_times)
+        Trajectory; ``[..., 0]`` is ``x0``.
+    """
+    solver = get_solver(method)
+    if times.dim() == 1:
+        times = times.unsqueeze(0)
+    n_times = times.shape[-1]
+    if isinstance(n_substeps, int):
+        n_substeps = [n_substeps] * (n_times - 1)
+    if len(n_substeps) != n_times - 1:
+        raise ValueError(
+            f"n_substeps has {len(n_substeps)} entries; expected {n_times - 1} (one per interval)."
+        )
+    out = x0.new_empty(x0.shape + (n_times,))
+    out[..., 0] = x0
+    x = x0
+    for j in range(n_times - 1):
+        t0 = times[:, j : j + 1]
+        h = (times[:, j + 1 : j + 2] - t0) / n_substeps[j]
+        t = t0
+        for _ in range(n_substeps[j]):
+            x = solver.step(func, t, x, h)
+            t = t + h
+        out[..., j + 1] = x
+    return out
