@@ -9,6 +9,7 @@ one evaluation in :mod:`skhds._vae`.
 
 import copy
 import math
+import os
 import time
 import warnings
 
@@ -104,7 +105,11 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         0 is silent; 1 shows a progress bar (tqdm, if installed); 2 also
         prints one line per epoch.
     warm_start : bool, default=False
-        Continue from the previous fit instead of starting afresh.
+        Continue from the previous fit instead of starting afresh (the
+        optimiser state is kept, also across pickling).
+    checkpoint_path : str or path-like, default=None
+        If set, the estimator is saved there (``joblib``, atomically) after
+        every epoch. Resume with ``joblib.load(path).set_params(warm_start=True).fit(...)``.
 
     Attributes
     ----------
@@ -141,15 +146,22 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     (60, 1, 25)
     """
 
+    # Metadata routing: request groups/inputs/times by default, so that with
+    # ``sklearn.set_config(enable_metadata_routing=True)`` meta-estimators
+    # (GridSearchCV, cross_validate, Pipeline) pass them without set_*_request.
     __metadata_request__fit = _METADATA
-    __metadata_request__score = _METADATA
     __metadata_request__partial_fit = _METADATA
+    __metadata_request__score = {**_METADATA, "sample_weight": True}
+    __metadata_request__score_samples = _METADATA
+    __metadata_request__transform = _METADATA
+    __metadata_request__predict = {**_METADATA, "prediction_times": True, "return_std": True}
 
     def __init__(self, model=None, *, solver="heun", dt=None, n_importance_samples=32,
                  n_eval_samples=256, batch_size=32, learning_rate=0.01, max_iter=500, tol=1e-3,
                  n_iter_no_change=50, early_stopping=False, validation_fraction=0.1,
                  gradient_estimator="dreg", random_effects="learned", n_hidden=64,
-                 random_state=None, device="cpu", dtype="float32", verbose=0, warm_start=False):
+                 random_state=None, device="cpu", dtype="float32", verbose=0, warm_start=False,
+                 checkpoint_path=None):
         self.model = model
         self.solver = solver
         self.dt = dt
@@ -170,6 +182,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.verbose = verbose
         self.warm_start = warm_start
+        self.checkpoint_path = checkpoint_path
 
     # ----------------------------------------------------------- checks
     def _check_hyperparameters(self):
@@ -282,8 +295,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_series, n_observables, n_times)
             Observations; NaN marks missing values.
-        y : None
-            Ignored.
+        y : array-like or DataFrame, optional
+            Group labels, used only when ``groups`` is None. Without metadata
+            routing, scikit-learn meta-estimators (``GridSearchCV``,
+            ``cross_validate``) pass ``y`` to ``fit`` and ``score`` of every fold
+            but send ``groups`` only to the splitter; ``fit(X, y=g)`` with
+            ``GridSearchCV(...).fit(X, g, groups=g)`` gets the labels to both.
         groups : array-like of shape (n_series,) or (n_series, n_factors), or DataFrame
             Group labels per factor (required when the model has group parameters).
         inputs : array-like of shape (n_series, n_inputs), optional
@@ -296,7 +313,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         -------
         self : HierarchicalODEVAE
         """
-        return self._fit(X, groups, inputs, times, max_epochs=None)
+        return self._fit(X, _groups_or_y(groups, y), inputs, times, max_epochs=None)
 
     def partial_fit(self, X, y=None, *, groups=None, inputs=None, times=None):
         """Run one epoch, continuing from the current state if fitted.
@@ -310,7 +327,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         -------
         self : HierarchicalODEVAE
         """
-        return self._fit(X, groups, inputs, times, max_epochs=1, incremental=True)
+        return self._fit(X, _groups_or_y(groups, y), inputs, times, max_epochs=1, incremental=True)
 
     def _fit(self, X, groups, inputs, times, max_epochs, incremental=False):
         device, dtype = self._check_hyperparameters()
@@ -342,6 +359,11 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         else:
             self.vae_.to(device=device, dtype=dtype)
         self._optimizer = torch.optim.Adam(self.vae_.parameters(), lr=self.learning_rate)
+        saved = self.__dict__.pop("_optimizer_state", None)
+        if continuing and saved is not None:
+            self._optimizer.load_state_dict(_to_torch(saved, device))
+            for group in self._optimizer.param_groups:
+                group["lr"] = min(group["lr"], self.learning_rate)
         n_epochs = max_epochs if max_epochs is not None else self.max_iter
         self._train(train, val, device, dtype, n_epochs, check_convergence=max_epochs is None)
         self._eval_seed = self._seed + 7
@@ -371,89 +393,136 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
 
     def _train(self, train, val, device, dtype, n_epochs, check_convergence):
+        """The epoch loop: minibatches, recovery from failed steps, convergence, interrupts."""
         vae, opt = self.vae_, self._optimizer
         K, N = self.n_importance_samples, train.n_series
         no_change, best_state = 0, None
-        converged = False
+        converged = interrupted = False
         bar = _progress(n_epochs, self.verbose)
-        for _ in range(n_epochs):
-            epoch = self.n_iter_
-            rng = np.random.RandomState((self._epoch_seed + epoch) % (2**31 - 1))
-            gen = self._generator(device, self._epoch_seed + 1000 + epoch)
-            t_start = time.perf_counter()
-            losses, bounds, ess, n_bad, n_skipped, gnorms = [], [], [], 0, 0, []
-            vae.train()
-            for idx in self._batches(N, rng):
-                batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
-                opt.zero_grad(set_to_none=True)
-                loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
-                n_bad += out["n_bad"]
-                if not torch.isfinite(loss):
-                    n_skipped += 1
-                    continue
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm=1e6)
-                if not torch.isfinite(gnorm):
-                    opt.zero_grad(set_to_none=True)
-                    n_skipped += 1
-                    continue
-                opt.step()
-                gnorms.append(float(gnorm))
-                losses.append(float(loss.detach()) * len(idx))
-                bounds.append(float(per_series[torch.isfinite(per_series)].sum()))
-                ess.append(float(effective_sample_size(out["log_w"].detach()).mean()))
-            if not losses:
-                raise RuntimeError(
-                    "Every minibatch of this epoch produced a non-finite bound; the model's "
-                    "simulations fail for the current parameters. Check the model and priors."
-                )
-            epoch_loss = sum(losses) / N
-            self.loss_curve_.append(epoch_loss)
-            record = {
-                "epoch": epoch + 1, "loss": epoch_loss, "log_lik_bound": sum(bounds) / N,
-                "kl_global": float(vae.kl_global().detach()), "grad_norm": float(np.mean(gnorms)),
-                "ess": float(np.mean(ess)), "zero_weight_samples": n_bad,
-                "skipped_steps": n_skipped, "time": time.perf_counter() - t_start,
-            }
-            self.n_iter_ += 1
-            if val is not None:
-                score = float(np.mean(self._score_data(val, self.n_importance_samples, epoch)))
-                self.validation_scores_.append(score)
-                record["validation_score"] = score
-                improved = score > self._best_val + self.tol
-                if score > self._best_val:
-                    self._best_val = score
-                    best_state = copy.deepcopy(vae.state_dict())
-                self.best_loss_ = None
-            else:
-                # The loss is a Monte Carlo estimate: judge progress on its
-                # exponential moving average (about a 10-epoch window).
-                self._smoothed = (epoch_loss if epoch == 0 or not hasattr(self, "_smoothed")
-                                  else 0.9 * self._smoothed + 0.1 * epoch_loss)
-                improved = self._smoothed < self.best_loss_ - self.tol
-                self.best_loss_ = min(self.best_loss_, self._smoothed)
-            self._history.append(record)
-            no_change = 0 if improved else no_change + 1
+        try:
+            for _ in range(n_epochs):
+                record = self._epoch(train, device, dtype, K, N)
+                epoch = self.n_iter_
+                self.n_iter_ += 1
+                epoch_loss = record["loss"]
+                self.loss_curve_.append(epoch_loss)
+                if val is not None:
+                    score = float(np.mean(self._score_data(val, self.n_importance_samples, epoch)))
+                    self.validation_scores_.append(score)
+                    record["validation_score"] = score
+                    improved = score > self._best_val + self.tol
+                    if score > self._best_val:
+                        self._best_val = score
+                        best_state = copy.deepcopy(vae.state_dict())
+                    self.best_loss_ = None
+                else:
+                    # The loss is a Monte Carlo estimate: judge progress on its
+                    # exponential moving average (about a 10-epoch window).
+                    smooth = getattr(self, "_smoothed", None)
+                    self._smoothed = epoch_loss if smooth is None else 0.9 * smooth + 0.1 * epoch_loss
+                    improved = self._smoothed < self.best_loss_ - self.tol
+                    self.best_loss_ = min(self.best_loss_, self._smoothed)
+                self._history.append(record)
+                no_change = 0 if improved else no_change + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{epoch_loss:.4g}")
+                if self.verbose >= 2:
+                    extra = (f", validation score = {record['validation_score']:.4f}"
+                             if val is not None else "")
+                    print(f"Iteration {self.n_iter_}, loss = {epoch_loss:.4f}{extra}, "
+                          f"ess = {record['ess']:.1f}, time = {record['time']:.2f}s")
+                if self.checkpoint_path is not None:
+                    self._save_checkpoint()
+                if check_convergence and no_change >= self.n_iter_no_change:
+                    converged = True
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            _restore_finite(vae, getattr(self, "_epoch_state", None))
+            warnings.warn(
+                f"Training interrupted after {self.n_iter_} complete epoch(s); the estimator keeps "
+                "the state reached so far (the best one with early_stopping) and is usable.",
+                UserWarning,
+            )
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{epoch_loss:.4g}")
-            if self.verbose >= 2:
-                extra = f", validation score = {record['validation_score']:.4f}" if val is not None else ""
-                print(f"Iteration {self.n_iter_}, loss = {epoch_loss:.4f}{extra}, "
-                      f"ess = {record['ess']:.1f}, time = {record['time']:.2f}s")
-            if check_convergence and no_change >= self.n_iter_no_change:
-                converged = True
-                break
-        if bar is not None:
-            bar.close()
+                bar.close()
         if best_state is not None:
             vae.load_state_dict(best_state)
-        if check_convergence and not converged and self.n_iter_no_change <= n_epochs:
+        if (check_convergence and not converged and not interrupted
+                and self.n_iter_no_change <= n_epochs):
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({n_epochs}) reached and the "
                 "optimization hasn't converged yet.",
                 ConvergenceWarning,
             )
+
+    def _epoch(self, train, device, dtype, K, N):
+        """One pass over the training series; returns the epoch's record.
+
+        A minibatch whose bound or gradient is not finite is skipped; if an
+        update leaves non-finite parameters, the parameters and optimiser state
+        roll back to the start of the epoch and the learning rate is halved.
+        """
+        vae, opt = self.vae_, self._optimizer
+        epoch = self.n_iter_
+        rng = np.random.RandomState((self._epoch_seed + epoch) % (2**31 - 1))
+        gen = self._generator(device, self._epoch_seed + 1000 + epoch)
+        self._epoch_state = (copy.deepcopy(vae.state_dict()), copy.deepcopy(opt.state_dict()))
+        t_start = time.perf_counter()
+        losses, bounds, ess, gnorms = [], [], [], []
+        n_bad = n_skipped = n_rollbacks = n_used = 0
+        vae.train()
+        for idx in self._batches(N, rng):
+            batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
+            opt.zero_grad(set_to_none=True)
+            loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
+            n_bad += out["n_bad"]
+            if not torch.isfinite(loss):
+                n_skipped += 1
+                continue
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm=math.inf)
+            if not torch.isfinite(gnorm):
+                n_skipped += 1
+                continue
+            opt.step()
+            if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+                vae.load_state_dict(self._epoch_state[0])
+                opt.load_state_dict(self._epoch_state[1])
+                for group in opt.param_groups:
+                    group["lr"] *= 0.5
+                n_rollbacks += 1
+                continue
+            gnorms.append(float(gnorm))
+            losses.append(float(loss.detach()) * len(idx))
+            n_used += len(idx)
+            bounds.append(float(per_series[torch.isfinite(per_series)].sum()))
+            ess.append(float(effective_sample_size(out["log_w"].detach()).mean()))
+        if not losses:
+            _restore_finite(vae, self._epoch_state)
+            raise RuntimeError(
+                f"Epoch {epoch + 1}: every minibatch produced a non-finite bound or update, so the "
+                "model's simulations fail for the current parameters; the estimator keeps its last "
+                "finite state. Check the model, its priors and the solver step (dt)."
+            )
+        return {
+            "epoch": epoch + 1, "loss": sum(losses) / n_used,
+            "log_lik_bound": sum(bounds) / n_used, "kl_global": float(vae.kl_global().detach()),
+            "grad_norm": float(np.mean(gnorms)), "ess": float(np.mean(ess)),
+            "zero_weight_samples": n_bad, "skipped_steps": n_skipped, "rollbacks": n_rollbacks,
+            "learning_rate": float(opt.param_groups[0]["lr"]), "time": time.perf_counter() - t_start,
+        }
+
+    def _save_checkpoint(self):
+        import joblib
+
+        path = str(self.checkpoint_path)
+        tmp = path + ".tmp"
+        self.history_ = pd.DataFrame(self._history)
+        joblib.dump(self, tmp)
+        os.replace(tmp, path)
 
     # ------------------------------------------------------- evaluation
     def _device_dtype(self):
@@ -495,19 +564,30 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         data = self._prepare(X, groups, inputs, times, reset=False)
         return self._score_data(data, self.n_eval_samples)
 
-    def score(self, X, y=None, *, groups=None, inputs=None, times=None):
+    def score(self, X, y=None, *, groups=None, inputs=None, times=None, sample_weight=None):
         """Mean per-series importance-weighted bound (higher is better).
 
         Parameters
         ----------
         X, y, groups, inputs, times
-            As in :meth:`fit`.
+            As in :meth:`fit` (``y`` stands for ``groups`` when that is None).
+        sample_weight : array-like of shape (n_series,), optional
+            Weights of the series in the mean.
 
         Returns
         -------
         float
         """
-        return float(np.mean(self.score_samples(X, groups=groups, inputs=inputs, times=times)))
+        values = self.score_samples(X, groups=_groups_or_y(groups, y), inputs=inputs, times=times)
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, dtype=float)
+            if w.shape != values.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(
+                    f"sample_weight must be {values.shape[0]} finite non-negative weights with a "
+                    "positive sum."
+                )
+            return float(np.average(values, weights=w))
+        return float(np.mean(values))
 
     def predict(self, X, *, groups=None, inputs=None, times=None, prediction_times=None,
                 return_std=False):
@@ -594,7 +674,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         -------
         numpy.ndarray of shape (n_series, n_individual_parameters)
         """
-        return self.fit(X, y, **fit_params).transform(X, **fit_params)
+        fit_params = dict(fit_params)
+        if fit_params.get("groups") is None and y is not None:
+            fit_params["groups"] = y
+        return self.fit(X, **fit_params).transform(X, **fit_params)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the individual parameters returned by :meth:`transform`.
@@ -682,7 +765,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------ persistence
     def __getstate__(self):
         state = super().__getstate__().copy()
-        state.pop("_optimizer", None)
+        opt = state.pop("_optimizer", None)
+        state.pop("_epoch_state", None)
+        if opt is not None:
+            state["_optimizer_state"] = _to_numpy(opt.state_dict())
         vae = state.pop("vae_", None)
         if vae is not None:
             state["_vae_state"] = {k: v.detach().cpu().numpy() for k, v in vae.state_dict().items()}
@@ -732,6 +818,38 @@ class _Template:
     def __init__(self, n_obs, n_inputs):
         self.y = np.zeros((0, n_obs, 1))
         self.inputs = np.zeros((0, n_inputs))
+
+
+def _groups_or_y(groups, y):
+    """Group labels: ``groups`` if given, else ``y`` (labels travelling as the target)."""
+    return y if groups is None else groups
+
+
+def _to_numpy(obj):
+    """Tensors (nested in dicts/lists) to numpy arrays, for device-free pickles."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_numpy(v) for v in obj)
+    return obj
+
+
+def _to_torch(obj, device):
+    if isinstance(obj, np.ndarray):
+        return torch.as_tensor(obj, device=device) if obj.ndim else torch.as_tensor(obj)
+    if isinstance(obj, dict):
+        return {k: _to_torch(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_torch(v, device) for v in obj)
+    return obj
+
+
+def _restore_finite(vae, saved):
+    """Reload the epoch-start state if an interruption left non-finite parameters."""
+    if saved is not None and not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+        vae.load_state_dict(saved[0])
 
 
 def _row(name, level, factor, group_level, draws):

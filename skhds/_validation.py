@@ -118,7 +118,14 @@ def check_times(times, n_series, n_times, t0=0.0):
         raise TypeError(f"times must be numeric: {exc}") from exc
     if t.ndim == 1:
         if t.shape[0] != n_times:
-            raise ValueError(f"times has {t.shape[0]} points but X has {n_times} time points.")
+            hint = ""
+            if t.shape[0] == n_series:
+                hint = (
+                    " It has as many points as X has series: cross-validation slices every fit "
+                    "parameter of length n_series, so a shared grid of that length gets cut. Pass "
+                    "a per-series grid instead: np.broadcast_to(times, (n_series, n_times))."
+                )
+            raise ValueError(f"times has {t.shape[0]} points but X has {n_times} time points.{hint}")
         if not np.isfinite(t).all():
             raise ValueError("times (shared grid) must be finite; NaN padding needs a per-series grid.")
         _check_increasing(t[None], "times")

@@ -1,6 +1,7 @@
 """Data: simulation with known truth, synthetic problems and the plate-reader study."""
 
 from ._double_receiver import fetch_double_receiver, get_data_home
+from ._long import from_long_format, to_long_format
 from ._plate_reader import load_plate_reader
 from ._simulate import simulate
 from ._synthetic import make_logistic_growth
@@ -11,4 +12,6 @@ __all__ = [
     "load_plate_reader",
     "fetch_double_receiver",
     "get_data_home",
+    "from_long_format",
+    "to_long_format",
 ]

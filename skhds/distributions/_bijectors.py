@@ -6,7 +6,9 @@ the model sees (``forward``) and back (``inverse``).
 """
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 __all__ = ["Identity", "Exp", "Sigmoid"]
@@ -28,6 +30,10 @@ class Identity:
     def log_abs_det_jacobian(self, z):
         """``log |d forward / dz|`` at ``z`` (zero)."""
         return torch.zeros_like(z)
+
+    def in_support(self, x):
+        """Boolean tensor: where ``x`` lies in the support (interior)."""
+        return torch.isfinite(x)
 
     def __repr__(self):
         return "Identity()"
@@ -53,6 +59,10 @@ class Exp(Identity):
         """``log |d exp(z) / dz| = z``."""
         return z
 
+    def in_support(self, x):
+        """Where ``x > 0`` (and finite)."""
+        return torch.isfinite(x) & (x > 0)
+
     def __repr__(self):
         return "Exp()"
 
@@ -69,6 +79,9 @@ class Sigmoid(Identity):
     support = "bounded"
 
     def __init__(self, low=0.0, high=1.0):
+        for name, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+                raise TypeError(f"Sigmoid bound {name} must be a real number, got {value!r}.")
         low, high = float(low), float(high)
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(
@@ -84,6 +97,10 @@ class Sigmoid(Identity):
         """Map a value in ``(low, high)`` to the real line."""
         u = (x - self.low) / (self.high - self.low)
         return torch.log(u) - torch.log1p(-u)
+
+    def in_support(self, x):
+        """Where ``low < x < high``."""
+        return (x > self.low) & (x < self.high)
 
     def log_abs_det_jacobian(self, z):
         """``log |dx/dz|``."""

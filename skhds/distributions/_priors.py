@@ -60,10 +60,14 @@ class Prior:
         return -0.5 * u * u - math.log(self.scale) - _LOG_SQRT_2PI
 
     def log_prob(self, x):
-        """Log density of a value ``x`` on the parameter's own scale."""
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype())
-        z = self.bijector.inverse(x)
-        return self.log_prob_unconstrained(z) - self.bijector.log_abs_det_jacobian(z)
+        """Log density of a value ``x`` on the parameter's own scale (``-inf`` outside the support)."""
+        if not torch.is_tensor(x):
+            x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+        inside = self.bijector.in_support(x)
+        safe = torch.where(inside, x, self.bijector.forward(torch.zeros_like(x)))
+        z = self.bijector.inverse(safe)
+        lp = self.log_prob_unconstrained(z) - self.bijector.log_abs_det_jacobian(z)
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
     def sample(self, sample_shape=(), generator=None, dtype=torch.float32, device="cpu"):
         """Draw values on the parameter's own scale."""

@@ -103,6 +103,7 @@ def minibatch_objective(log_w, kl, n_total, z=None, estimator="iwae"):
     per_series = iwae_per_series(log_w)
     ok = torch.isfinite(per_series)
     scale = n_total / S
+    data_term = torch.where(ok, per_series, torch.zeros_like(per_series)).sum()
     if estimator == "dreg":
         if z is None:
             raise ValueError("estimator='dreg' needs the reparameterised sample z.")
@@ -110,8 +111,10 @@ def minibatch_objective(log_w, kl, n_total, z=None, estimator="iwae"):
         if z.requires_grad:
             z.register_hook(lambda grad: grad * w.unsqueeze(-1))
         safe = torch.where(w > 0, log_w, torch.zeros_like(log_w))
-        data_term = (w * safe).sum()
-    else:
-        data_term = torch.where(ok, per_series, torch.zeros_like(per_series)).sum()
+        surrogate = (w * safe).sum()
+        # Value of the bound, gradient of the DReG surrogate.
+        data_term = data_term.detach() + (surrogate - surrogate.detach())
+    elif estimator != "iwae":
+        raise ValueError(f"estimator must be 'iwae' or 'dreg', got {estimator!r}.")
     loss = -(scale * data_term - kl) / n_total
     return loss, per_series.detach()

@@ -21,14 +21,18 @@ class LogisticGrowth(ODEModel):
         \left(1 - \frac{x}{K}\right), \qquad x(0) = x_0
 
     with individual growth rate ``r`` and lag ``tlag`` (one per series), a
-    carrying capacity ``K`` per level of the factor ``strain``, a population
-    initial density ``x0``, and Gaussian noise with learned scale.
+    carrying capacity ``K`` per level of the factor ``strain`` (by default), a
+    population initial density ``x0``, and Gaussian noise with learned scale.
 
     Parameters
     ----------
     lag : bool, default=True
         Include the lag term; without it growth starts at full rate and
         ``tlag`` is not a parameter.
+    capacity : {"group", "individual", "population"}, default="group"
+        Level of the carrying capacity ``K``. With ``"individual"`` or
+        ``"population"`` the model has no group parameters and needs no
+        ``groups``.
     noise : NoiseModel, optional
         Observation noise (default Gaussian with scale prior
         ``LogNormal(log 0.05, 1)``).
@@ -45,9 +49,10 @@ class LogisticGrowth(ODEModel):
     observables = ("x",)
     factors = ("strain",)
 
-    def __init__(self, lag=True, noise=None):
+    def __init__(self, lag=True, capacity="group", noise=None):
         super().__init__()
         self.lag = lag
+        self.capacity = capacity
         self.noise = noise if noise is not None else Gaussian(LogNormal(math.log(0.05), 1.0))
 
     def declare_parameters(self):
@@ -55,8 +60,14 @@ class LogisticGrowth(ODEModel):
         params = [Parameter("r", LogNormal(math.log(0.8), 0.25), level="individual")]
         if self.lag:
             params.append(Parameter("tlag", LogNormal(math.log(2.0), 0.3), level="individual"))
+        if self.capacity not in ("group", "individual", "population"):
+            raise ValueError(
+                "LogisticGrowth: capacity must be 'group', 'individual' or 'population', "
+                f"got {self.capacity!r}."
+            )
+        factor = "strain" if self.capacity == "group" else None
         params += [
-            Parameter("K", LogNormal(0.0, 0.4), level="group", factor="strain"),
+            Parameter("K", LogNormal(0.0, 0.4), level=self.capacity, factor=factor),
             Parameter("x0", LogNormal(math.log(0.05), 0.3), level="population"),
         ]
         return params

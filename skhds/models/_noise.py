@@ -8,7 +8,9 @@ excluded by the caller. Parameters arrive as tensors shaped
 """
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 from ..distributions import LogNormal
@@ -185,7 +187,9 @@ class StudentT(Gaussian):
 
     def __init__(self, df=4.0, sigma_prior=None):
         super().__init__(sigma_prior)
-        if not (isinstance(df, (int, float)) and df > 0 and math.isfinite(df)):
+        if isinstance(df, bool) or not isinstance(df, (numbers.Real, np.floating, np.integer)):
+            raise TypeError(f"StudentT: df must be a positive number, got {df!r}.")
+        if not (df > 0 and math.isfinite(df)):
             raise ValueError(f"StudentT: df must be a positive finite number, got {df!r}.")
         self.df = float(df)
 
@@ -204,5 +208,6 @@ class StudentT(Gaussian):
     def sample(self, mean, params, generator=None):
         """Draw ``mean + sigma * t`` with ``t = e / sqrt(chi2 / df)``."""
         e = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        g = torch._standard_gamma(torch.full(mean.shape, self.df / 2, dtype=mean.dtype, device=mean.device), generator=generator)
+        shape = torch.full(mean.shape, self.df / 2, dtype=mean.dtype, device=mean.device)
+        g = torch._standard_gamma(shape, generator=generator)
         return mean + params["sigma"] * e / torch.sqrt(2 * g / self.df)

@@ -61,6 +61,8 @@ def substeps_for_grid(times, dt):
     n = t.shape[-1] - 1
     if dt is None:
         return [1] * n
+    if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a finite number > 0 or None, got {dt!r}.")
     widest = np.max(np.diff(t, axis=-1), axis=0) if n > 0 else np.zeros(0)
     return [max(1, int(math.ceil(w / dt - 1e-9))) for w in widest]
 
@@ -99,6 +101,8 @@ def odeint(func, x0, times, *, method="heun", n_substeps=1):
         raise ValueError(
             f"n_substeps has {len(n_substeps)} entries; expected {n_times - 1} (one per interval)."
         )
+    if any(int(n) != n or n < 1 for n in n_substeps):
+        raise ValueError(f"n_substeps must be integers >= 1, got {list(n_substeps)}.")
     out = x0.new_empty(x0.shape + (n_times,))
     out[..., 0] = x0
     x = x0

@@ -428,6 +428,26 @@ def test_custom_tableau_object():
     assert not torch.allclose(h, r, rtol=0, atol=1e-8)
 
 
+def test_custom_tableau_with_negative_coefficients():
+    # Kutta's 3/8 rule: fourth order, with negative entries in ``a``.
+    three_eighths = ExplicitRungeKutta(
+        "3/8",
+        order=4,
+        a=[[], [1 / 3], [-1 / 3, 1.0], [1.0, -1.0, 1.0]],
+        b=[1 / 8, 3 / 8, 3 / 8, 1 / 8],
+        c=[0.0, 1 / 3, 2 / 3, 1.0],
+    )
+    x0 = _x0()
+    exact = x0.numpy() @ scipy.linalg.expm(A_NP * T_END).T
+    times = torch.tensor([0.0, T_END], dtype=F64)
+    n_steps = [8, 16, 32, 64]
+    errors = []
+    for n in n_steps:
+        out = odeint(_linear_rhs(), x0, times, method=three_eighths, n_substeps=n)
+        errors.append(np.abs(out[..., -1].numpy() - exact).max())
+    assert abs(_slope(n_steps, errors) - 4) < 0.3, errors
+
+
 def test_passing_solver_object_equals_name():
     x0 = _x0()
     times = torch.tensor([0.0, 0.3, 1.0], dtype=F64)

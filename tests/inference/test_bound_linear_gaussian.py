@@ -1,0 +1,217 @@
+"""The IWAE bound on a hierarchical model with a tractable marginal likelihood.
+
+Model: one state with zero derivative whose initial value is the individual
+parameter ``theta_i ~ N(m, s)``, observed with Gaussian noise ``sigma`` at ``T``
+times. Then ``y_i ~ N(m 1, sigma^2 I + s^2 1 1^T)``, so ``log p(y_i | sigma)`` is
+known exactly, and so is the posterior of ``theta_i``. The estimator's pieces
+are assembled as ``HierarchicalODEVAE._build`` does, with fixed random effects
+(the individual prior is exactly ``N(m, s)``) and the noise latent pinned at
+``log(sigma)``.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import logsumexp
+
+from skhds._data import EncoderScaling, SeriesData
+from skhds._vae import HierarchicalVAE
+from skhds.distributions import LogNormal, Normal
+from skhds.inference import iwae_per_series
+from skhds.models import Gaussian, Hierarchy, ODEModel, Parameter, check_model
+from skhds.nn import MeanFieldGaussian, SeriesEncoder
+
+M, SD, SIGMA, T = 0.5, 0.8, 0.5, 5
+DT = torch.float64
+
+
+class ConstantState(ODEModel):
+    """``x' = 0``, ``x(0) = theta``: observations are ``theta`` plus noise."""
+
+    states = ("x",)
+    noise = Gaussian(sigma_prior=LogNormal(math.log(SIGMA), 0.1))
+
+    def declare_parameters(self):
+        return [Parameter("theta", Normal(M, SD), level="individual")]
+
+    def initial_state(self, params, inputs):
+        return params["theta"].unsqueeze(-1)
+
+    def rhs(self, t, x, params, inputs):
+        return torch.zeros_like(x)
+
+
+class ExactPosteriorEncoder(torch.nn.Module):
+    """Returns the analytic posterior mean and sd of ``theta_i`` given ``y_i`` (and ``sigma``)."""
+
+    def __init__(self, scaling):
+        super().__init__()
+        self.y_loc = float(scaling.y_loc[0])
+        self.y_scale = float(scaling.y_scale[0])
+
+    def forward(self, y, mask, times, inputs, codes):
+        raw = y * self.y_scale + self.y_loc  # undo the encoder standardisation
+        n = mask.sum((1, 2))
+        total = (raw * mask).sum((1, 2))
+        precision = 1.0 / SD**2 + n / SIGMA**2
+        mean = (M / SD**2 + total / SIGMA**2) / precision
+        return mean.unsqueeze(-1), precision.rsqrt().unsqueeze(-1)
+
+
+def _exact_log_marginal(y_row):
+    obs = ~np.isnan(y_row)
+    n = int(obs.sum())
+    cov = SIGMA**2 * np.eye(n) + SD**2 * np.ones((n, n))
+    return stats.multivariate_normal(M * np.ones(n), cov).logpdf(y_row[obs])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    S = 4
+    theta = M + SD * rng.standard_normal(S)
+    y = theta[:, None, None] + SIGMA * rng.standard_normal((S, 1, T))
+    y[2, 0, 3] = np.nan  # a missing value: the bound must use the observed entries only
+    times = np.arange(T, dtype=float)
+    inputs = np.zeros((S, 0))
+    data = SeriesData(y, times, None, inputs, np.zeros((S, 0), dtype=np.int64), 0.0)
+    scaling = EncoderScaling(y, times, inputs)
+
+    model = ConstantState()
+    specs = check_model(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hier = Hierarchy(specs, {}, random_effects="fixed")
+        encoder = SeriesEncoder(
+            1, 0, [], hier.n_individual, torch.as_tensor(hier.ind_loc, dtype=DT),
+            torch.as_tensor(hier.ind_scale, dtype=DT), n_hidden=16,
+        )
+        q = MeanFieldGaussian(torch.as_tensor(hier.prior_loc, dtype=DT),
+                              torch.as_tensor(np.minimum(0.1 * hier.prior_scale, 0.1), dtype=DT))
+        vae = HierarchicalVAE(model, hier, encoder, q, "heun", {}).to(dtype=DT)
+    g = torch.zeros((1, hier.n_global), dtype=DT)
+    g[0, hier.pop_index["sigma_x"]] = math.log(SIGMA)
+    exact = np.array([_exact_log_marginal(y[i, 0]) for i in range(S)])
+    return {"data": data, "scaling": scaling, "vae": vae, "g": g, "exact": exact, "y": y, "S": S}
+
+
+def _exact_vae(setup, q_global=None):
+    """The setup's VAE with its encoder replaced by the exact posterior (shares model/hierarchy)."""
+    vae = setup["vae"]
+    return HierarchicalVAE(vae.model, vae.hierarchy, ExactPosteriorEncoder(setup["scaling"]),
+                           q_global if q_global is not None else vae.q_global, vae.solver,
+                           vae.factor_index)
+
+
+def _batch(setup, idx):
+    return setup["data"].batch(np.asarray(idx), setup["scaling"], None, "cpu", DT)
+
+
+def test_layout_and_exact_individual_prior(setup):
+    hier = setup["vae"].hierarchy
+    assert hier.latent_names == ["sigma_x"]
+    assert hier.n_global == 1 and hier.n_individual == 1
+    mu, omega = hier.individual_prior(setup["g"])
+    assert mu.tolist() == [[M]] and omega.tolist() == [[SD]]
+
+
+@pytest.fixture(scope="module")
+def mean_bounds(setup):
+    """Bounds of each series for several K, averaged over R seeded repeats (series replicated)."""
+    S = setup["S"]
+    out = {}
+    with torch.no_grad():
+        # fewer repeats where the bound varies less (and costs more)
+        for K, R in ((1, 800), (10, 400), (100, 200), (1000, 50)):
+            batch = _batch(setup, np.tile(np.arange(S), R))  # R copies of every series
+            gen = torch.Generator().manual_seed(100 + K)
+            log_w = setup["vae"].log_weights(batch, K, setup["g"], gen)["log_w"]
+            b = iwae_per_series(log_w).numpy().reshape(R, S)
+            out[K] = (b.mean(0), b.std(0, ddof=1) / math.sqrt(R))
+    return out
+
+
+@pytest.mark.parametrize("K", [1, 10, 100, 1000])
+def test_bound_is_below_exact_log_marginal(setup, mean_bounds, K):
+    mean, se = mean_bounds[K]
+    assert np.all(np.isfinite(mean))
+    assert np.all(mean <= setup["exact"] + 4.0 * se + 1e-9), (mean - setup["exact"], se)
+
+
+def test_bound_tightens_with_k(setup, mean_bounds):
+    gaps = {K: float(np.mean(setup["exact"] - mean_bounds[K][0])) for K in mean_bounds}
+    assert gaps[1] > gaps[10] > gaps[100] > gaps[1000], gaps
+    assert gaps[1] > 0.3  # the untrained encoder is a loose (but sensible) proposal
+    assert abs(gaps[1000]) < gaps[1] / 10, gaps
+    # per series, too
+    for i in range(setup["S"]):
+        assert setup["exact"][i] - mean_bounds[1000][0][i] < (setup["exact"][i] - mean_bounds[1][0][i]) / 5
+
+
+def test_exact_posterior_gives_exact_weights(setup):
+    vae = _exact_vae(setup)
+    batch = _batch(setup, np.arange(setup["S"]))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for K in (1, 5, 1000):
+            log_w = vae.log_weights(batch, K, setup["g"], gen)["log_w"]
+            assert log_w.shape == (setup["S"], K)
+            # log p(y|theta) + log p(theta) - log q(theta|y) = log p(y) at every sample
+            np.testing.assert_allclose(
+                log_w.numpy(), np.broadcast_to(setup["exact"][:, None], log_w.shape), atol=1e-6, rtol=0
+            )
+            np.testing.assert_allclose(iwae_per_series(log_w).numpy(), setup["exact"], atol=1e-6, rtol=0)
+
+
+def test_exact_posterior_through_global_draws(setup):
+    # q(g) collapsed on log(sigma): evaluate() (one global draw per sample) and the training
+    # loss (one shared draw, both estimators) see the exact marginal likelihood too.
+    S = setup["S"]
+    q = MeanFieldGaussian(setup["g"][0].clone(), torch.full((1,), 1e-17, dtype=DT))
+    vae = _exact_vae(setup, q)
+    batch = _batch(setup, np.arange(S))
+    out = vae.evaluate(batch, 64, torch.Generator().manual_seed(8))
+    assert out["g"].shape == (64, 1)
+    np.testing.assert_allclose(out["log_w"].numpy(), np.broadcast_to(setup["exact"][:, None], (S, 64)),
+                               atol=1e-6, rtol=0)
+    for estimator in ("iwae", "dreg"):
+        loss, per_series, _ = vae.training_loss(batch, 40, 16, torch.Generator().manual_seed(9),
+                                                estimator=estimator)
+        np.testing.assert_allclose(per_series.numpy(), setup["exact"], atol=1e-6, rtol=0)
+        assert torch.isfinite(loss)
+        loss.backward()
+        # the global mean gets a finite gradient through the likelihood and the KL
+        assert torch.isfinite(q.loc.grad).all()
+        q.zero_grad()
+
+
+def test_vectorised_equals_looped(setup):
+    vae, S, K, y = setup["vae"], setup["S"], 50, setup["y"]
+    batch = _batch(setup, np.arange(S))
+    with torch.no_grad():
+        out = vae.log_weights(batch, K, setup["g"], torch.Generator().manual_seed(3))
+        assert out["log_w"].shape == (S, K) and out["z"].shape == (S, K, 1)
+        bounds = iwae_per_series(out["log_w"]).numpy()
+        for i in range(S):
+            b_i = _batch(setup, [i])
+            loc_i, scale_i = vae.encoder(b_i["enc_y"], b_i["mask"].to(DT), b_i["enc_times"],
+                                         b_i["enc_inputs"], b_i["codes"])
+            np.testing.assert_allclose(loc_i.numpy(), out["loc"][i : i + 1].numpy(), rtol=1e-12)
+            np.testing.assert_allclose(scale_i.numpy(), out["scale"][i : i + 1].numpy(), rtol=1e-12)
+            # the same samples, scored one series at a time with scipy
+            z = out["z"][i, :, 0].numpy()
+            obs = ~np.isnan(y[i, 0])
+            log_lik = stats.norm.logpdf(y[i, 0][obs][None, :], z[:, None], SIGMA).sum(-1)
+            log_w = (log_lik + stats.norm.logpdf(z, M, SD)
+                     - stats.norm.logpdf(z, float(loc_i[0, 0]), float(scale_i[0, 0])))
+            np.testing.assert_allclose(out["log_w"][i].numpy(), log_w, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(bounds[i], logsumexp(log_w) - math.log(K), rtol=1e-10)
+            # and through the library's own single-series path with the same z
+            hier = vae.hierarchy
+            z_i = out["z"][i : i + 1]
+            params = hier.params(setup["g"], z_i, b_i["codes"], vae.factor_index)
+            ll = vae.log_likelihood(vae.simulate(params, b_i, K), b_i, params)
+            np.testing.assert_allclose(ll[0].numpy(), log_lik, rtol=1e-10, atol=1e-10)
