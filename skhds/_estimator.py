@@ -128,8 +128,13 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         ten epochs, the quantity convergence is judged on; ``None`` with
         ``early_stopping``).
     history_ : pandas.DataFrame
-        Per-epoch record: loss, bound, KL, gradient norm, mean effective sample
-        size, zero-weight samples, wall time.
+        Per-epoch record: ``loss``, ``log_lik_bound`` (mean per-series IWAE
+        term), ``kl_global``, ``grad_norm``, ``ess`` (mean effective sample
+        size of the importance weights), ``zero_weight_samples`` (importance
+        samples whose simulation failed), ``failed_series`` (series whose
+        samples all failed: left out of that step's objective),
+        ``skipped_steps``, ``rollbacks``, ``learning_rate``, ``time`` and, with
+        early stopping, ``validation_score``.
     n_iter_ : int
         Epochs run.
     summary_ : pandas.DataFrame
@@ -355,6 +360,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 self.vae_ = self._build(train, device, dtype)
             self.loss_curve_, self.validation_scores_, self._history = [], [], []
             self.n_iter_, self.best_loss_, self._epoch_seed = 0, math.inf, self._seed
+            self._eval_seed = self._seed + 7
             self._best_val = -math.inf
         else:
             self.vae_.to(device=device, dtype=dtype)
@@ -366,7 +372,6 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 group["lr"] = min(group["lr"], self.learning_rate)
         n_epochs = max_epochs if max_epochs is not None else self.max_iter
         self._train(train, val, device, dtype, n_epochs, check_convergence=max_epochs is None)
-        self._eval_seed = self._seed + 7
         self.history_ = pd.DataFrame(self._history)
         self.summary_ = self._summary()
         return self
@@ -403,12 +408,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             for _ in range(n_epochs):
                 record = self._epoch(train, device, dtype, K, N)
                 epoch = self.n_iter_
-                self.n_iter_ += 1
                 epoch_loss = record["loss"]
-                self.loss_curve_.append(epoch_loss)
                 if val is not None:
                     score = float(np.mean(self._score_data(val, self.n_importance_samples, epoch)))
-                    self.validation_scores_.append(score)
                     record["validation_score"] = score
                     improved = score > self._best_val + self.tol
                     if score > self._best_val:
@@ -422,6 +424,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                     self._smoothed = epoch_loss if smooth is None else 0.9 * smooth + 0.1 * epoch_loss
                     improved = self._smoothed < self.best_loss_ - self.tol
                     self.best_loss_ = min(self.best_loss_, self._smoothed)
+                # Book the epoch only once it is complete (an interrupt above leaves
+                # n_iter_, loss_curve_, validation_scores_ and history_ consistent).
+                self.n_iter_ += 1
+                self.loss_curve_.append(epoch_loss)
+                if val is not None:
+                    self.validation_scores_.append(record["validation_score"])
                 self._history.append(record)
                 no_change = 0 if improved else no_change + 1
                 if bar is not None:
@@ -472,14 +480,16 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self._epoch_state = (copy.deepcopy(vae.state_dict()), copy.deepcopy(opt.state_dict()))
         t_start = time.perf_counter()
         losses, bounds, ess, gnorms = [], [], [], []
-        n_bad = n_skipped = n_rollbacks = n_used = 0
+        n_bad = n_skipped = n_rollbacks = n_used = n_failed_series = 0
         vae.train()
         for idx in self._batches(N, rng):
             batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
             opt.zero_grad(set_to_none=True)
             loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
             n_bad += out["n_bad"]
-            if not torch.isfinite(loss):
+            n_failed = int((~torch.isfinite(per_series)).sum())
+            n_failed_series += n_failed
+            if not torch.isfinite(loss) or n_failed == len(idx):
                 n_skipped += 1
                 continue
             loss.backward()
@@ -511,7 +521,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             "epoch": epoch + 1, "loss": sum(losses) / n_used,
             "log_lik_bound": sum(bounds) / n_used, "kl_global": float(vae.kl_global().detach()),
             "grad_norm": float(np.mean(gnorms)), "ess": float(np.mean(ess)),
-            "zero_weight_samples": n_bad, "skipped_steps": n_skipped, "rollbacks": n_rollbacks,
+            "zero_weight_samples": n_bad, "failed_series": n_failed_series,
+            "skipped_steps": n_skipped, "rollbacks": n_rollbacks,
             "learning_rate": float(opt.param_groups[0]["lr"]), "time": time.perf_counter() - t_start,
         }
 
@@ -521,6 +532,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         path = str(self.checkpoint_path)
         tmp = path + ".tmp"
         self.history_ = pd.DataFrame(self._history)
+        self.summary_ = self._summary()
         joblib.dump(self, tmp)
         os.replace(tmp, path)
 

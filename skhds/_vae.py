@@ -7,6 +7,7 @@ owns the loop; the bound itself lives in :mod:`skhds.inference`.
 """
 
 import math
+import warnings
 
 import torch
 
@@ -249,11 +250,20 @@ class HierarchicalVAE(torch.nn.Module):
         w = normalized_weights(out["log_w"])
         means = out["means"] if pred_batch is None else self.simulate(out["params"], pred_batch, K)
         noise_var = self.model.noise.variance(means, self.noise_params(out["params"]))
-        finite = torch.isfinite(means) & torch.isfinite(noise_var)
+        # Zero-weight samples may hold huge (overflowing) values: leave them out entirely.
+        finite = torch.isfinite(means) & torch.isfinite(noise_var) & (w > 0)[:, :, None, None]
         means = torch.where(finite, means, torch.zeros_like(means))
         noise_var = torch.where(finite, noise_var, torch.zeros_like(noise_var))
         wk = w[:, :, None, None]
+        if not self.training and bool((w.sum(-1) == 0).any()):
+            warnings.warn(
+                "Every importance sample failed to simulate for some series; their predictions "
+                "are set to NaN.", RuntimeWarning, stacklevel=3,
+            )
         mean = (wk * means).sum(1)
         second = (wk * (means * means + noise_var)).sum(1)
         var = (second - mean * mean).clamp(min=0.0)
+        empty = (w.sum(-1) == 0)[:, None, None]
+        mean = torch.where(empty, torch.full_like(mean, math.nan), mean)
+        var = torch.where(empty, torch.full_like(var, math.nan), var)
         return mean, var, out

@@ -153,7 +153,7 @@ def check_times(times, n_series, n_times, t0=0.0):
         )
     last = t[np.arange(n_series), n_valid - 1]
     t = np.where(valid, t, last[:, None])
-    _check_increasing(np.where(valid, t, np.inf), "times", valid)
+    _check_increasing(t, "times", valid)
     if (t[:, 0] < t0).any():
         raise ValueError(f"times must be >= the model's start time t0={t0}; got {t[:, 0].min()}.")
     return t, valid

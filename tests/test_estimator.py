@@ -99,17 +99,21 @@ def test_predict_return_std(fitted, data):
 
 
 def test_predict_on_dense_grid_interpolates(fitted, data):
+    # With the default dt=None the solver takes one step per interval of the output
+    # grid, so a coarse and a dense grid are solved to different accuracy. Use a small
+    # dt on a copy so both grids are solved accurately and must agree.
+    est = pickle.loads(pickle.dumps(fitted)).set_params(dt=0.05)
     n, _, T = data.X.shape
     grid = np.linspace(data.times[0], data.times[-1], 4 * (T - 1) + 1)  # contains every data time
-    dense = fitted.predict(data.X, **_kw(data), prediction_times=grid)
+    dense = est.predict(data.X, **_kw(data), prediction_times=grid)
     assert dense.shape == (n, 1, len(grid))
     assert np.isfinite(dense).all()
-    coarse = fitted.predict(data.X, **_kw(data))
+    coarse = est.predict(data.X, **_kw(data))
     shared = np.searchsorted(grid, data.times)
     np.testing.assert_allclose(grid[shared], data.times, atol=1e-12)
-    # Same importance weights; only the solver grid differs (finer steps): close, within
-    # the noise level 0.05.
-    np.testing.assert_allclose(dense[..., shared], coarse, atol=0.05)
+    # Same importance weights; only the output grid differs: agreement far below the
+    # noise level 0.05.
+    np.testing.assert_allclose(dense[..., shared], coarse, atol=0.01)
     # In between, dense predictions lie near the neighbouring values (smooth curves).
     mid = shared[:-1] + 2
     between = 0.5 * (coarse[..., :-1] + coarse[..., 1:])
@@ -187,7 +191,8 @@ def test_training_records(fitted):
     assert {"loss", "ess", "time"} <= set(hist.columns)
     assert len(hist) == fitted.n_iter_
     np.testing.assert_allclose(hist["loss"], fitted.loss_curve_)
-    assert fitted.best_loss_ == pytest.approx(min(fitted.loss_curve_))
+    # best_loss_ tracks a smoothed loss: within the range of the epoch losses.
+    assert min(fitted.loss_curve_) - 1e-9 <= fitted.best_loss_ <= max(fitted.loss_curve_) + 1e-9
     assert fitted.n_features_in_ == 1
     assert list(fitted.categories_["strain"]) == ["s0", "s1", "s2"]
 
@@ -236,7 +241,8 @@ def test_fit_with_missing_entries(data):
 def test_per_series_ragged_time_grids():
     rng = np.random.RandomState(0)
     n, T = 18, 12
-    times = np.sort(rng.uniform(0.0, 12.0, size=(n, T)), axis=1)
+    # Each series its own sorted random grid (jittered, so intervals stay >= 0.4).
+    times = np.arange(T) * 1.0 + rng.uniform(0.0, 0.6, size=(n, T))
     times[:, 0] = 0.0
     lengths = np.full(n, T)
     lengths[::4] = rng.randint(4, T, size=len(lengths[::4]))
@@ -316,6 +322,22 @@ def test_log_likelihood_masks_unobserved_entries(fitted):
     # Values under the mask are irrelevant, however wild.
     wild = torch.where(mask, y, torch.full_like(y, 1e6))
     np.testing.assert_allclose(ll(wild).numpy(), got.numpy(), rtol=0, atol=0)
+
+
+def test_predictive_ignores_zero_weight_samples_that_overflow(fitted, monkeypatch):
+    """A sample whose simulation is finite but huge (1e30) and has weight zero must
+    not turn the predictive mean or variance into NaN (0 * inf)."""
+    vae = pickle.loads(pickle.dumps(fitted)).vae_
+    dtype = vae.q_global.loc.dtype
+    means = torch.tensor([1.0, 1e30, 2.0], dtype=dtype).reshape(1, 3, 1, 1)
+    log_w = torch.tensor([[0.0, -math.inf, 0.0]], dtype=dtype)
+    out = {"log_w": log_w, "means": means, "params": {"sigma_x": torch.full((1, 1), 0.1, dtype=dtype)}}
+    monkeypatch.setattr(vae, "evaluate", lambda batch, K, gen, **kw: out)
+    mean, var, _ = vae.predictive(None, 3, None)
+    assert torch.isfinite(mean).all() and torch.isfinite(var).all()
+    assert float(mean) == pytest.approx(1.5, rel=1e-6)
+    # Mixture of two equally weighted points 1 and 2 plus noise 0.1 ** 2.
+    assert float(var) == pytest.approx(0.25 + 0.01, rel=1e-5)
 
 
 # ------------------------------------------------------------------------ reproducibility
@@ -413,7 +435,19 @@ def test_pickled_state_holds_numpy_not_torch(fitted):
     assert state["_vae_state"]
     for key, value in state["_vae_state"].items():
         assert isinstance(value, np.ndarray), key
-    assert not any(torch.is_tensor(v) for v in state.values())
+
+    def tensors(obj):
+        if torch.is_tensor(obj):
+            return 1
+        if isinstance(obj, dict):
+            return sum(tensors(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(tensors(v) for v in obj)
+        return 0
+
+    assert tensors({k: v for k, v in state.items() if k != "model_"}) == 0
+    # model_ is a fresh, untrained clone: its (trained) weights travel in _vae_state.
+    assert tensors(dict(state["model_"].state_dict())) == 0
     assert "_optimizer" not in state
     # __getstate__ must not edit the live estimator.
     assert hasattr(fitted, "vae_")
@@ -456,9 +490,31 @@ def test_partial_fit_one_epoch_per_call(data):
     assert est.n_iter_ == 3
     assert len(est.loss_curve_) == 3
     assert est.loss_curve_[:1] == first
-    # Three partial fits match three epochs of fit with the same seed.
-    full = _fit(data, max_iter=3)
-    np.testing.assert_allclose(est.loss_curve_, full.loss_curve_, rtol=1e-6)
+    assert np.isfinite(est.predict(data.X, **_kw(data))).all()
+
+
+def test_partial_fit_calls_match_fit_epochs(data):
+    """N calls of partial_fit continue the optimisation exactly like N epochs of fit
+    (including the optimiser's state, as scikit-learn's MLP does)."""
+    est = HierarchicalODEVAE(data.model, random_state=0)
+    for _ in range(4):
+        est.partial_fit(data.X, **_kw(data))
+    full = _fit(data, max_iter=4)
+    np.testing.assert_allclose(est.loss_curve_, full.loss_curve_, rtol=1e-5)
+
+
+@ignore_convergence
+def test_warm_start_continues_like_one_long_fit(data):
+    """fit(3 epochs) + warm-start fit(2 epochs) == fit(5 epochs), in memory and after a
+    pickle round trip (the optimiser state is part of the continued state)."""
+    full = _fit(data, max_iter=5)
+    first = _fit(data, max_iter=3)
+    loaded = pickle.loads(pickle.dumps(first))
+    for est in (loaded, first):
+        est.set_params(warm_start=True, max_iter=2).fit(data.X, **_kw(data))
+        assert est.n_iter_ == 5
+    np.testing.assert_allclose(loaded.loss_curve_, full.loss_curve_, rtol=1e-5)
+    np.testing.assert_allclose(first.loss_curve_, full.loss_curve_, rtol=1e-5)
 
 
 @ignore_convergence
@@ -474,10 +530,13 @@ def test_early_stopping_records_validation_and_restores_best(data):
     # The restored state is the best epoch's: re-scoring the validation split with that
     # epoch's Monte Carlo seed reproduces the best recorded validation score.
     # (Uses private helpers: the split and the validation scorer.)
-    prepared = est._prepare(data.X, data.groups, None, data.times, reset=False)
-    _, val = est._split(prepared)
+    # During training the validation scorer is seeded from _seed (no _eval_seed yet).
+    probe = pickle.loads(pickle.dumps(est))
+    del probe._eval_seed
+    prepared = probe._prepare(data.X, data.groups, None, data.times, reset=False)
+    _, val = probe._split(prepared)
     best = int(np.argmax(est.validation_scores_))
-    rescored = float(np.mean(est._score_data(val, est.n_importance_samples, best)))
+    rescored = float(np.mean(probe._score_data(val, probe.n_importance_samples, best)))
     assert rescored == pytest.approx(max(est.validation_scores_), rel=1e-5)
 
 
@@ -487,8 +546,8 @@ def test_early_stopping_stops_before_max_iter(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         est.fit(data.X, **_kw(data))
-    # With an unreachable tolerance no epoch counts as progress.
-    assert est.n_iter_ == 2
+    # With an unreachable tolerance only the first epoch counts as progress.
+    assert est.n_iter_ == 3
 
 
 def test_max_iter_reached_warns(data):

@@ -1,0 +1,212 @@
+"""The double-receiver biosensor models of the VI-HDS study (white box and black box)."""
+
+import torch
+from torch import nn
+
+from ..distributions import LogNormal, Normal
+from ._base import ODEModel
+from ._noise import Gaussian
+from ._parameters import Parameter
+
+__all__ = ["DoubleReceiver", "DoubleReceiverBlackBox"]
+
+_SIGNALS = ("OD", "mRFP1", "EYFP", "ECFP")
+# Gaussian noise per signal with precision ~ LogNormal(8, 2), i.e. sd ~ LogNormal(-4, 1).
+_NOISE_PRIOR = LogNormal(-4.0, 1.0)
+
+
+def _safe_pow(base, exponent):
+    """``base ** exponent`` for ``base >= 0`` with finite gradients at ``base = 0``."""
+    positive = base > 0
+    safe = torch.where(positive, base, torch.ones_like(base))
+    return torch.where(positive, safe ** exponent, torch.zeros_like(safe))
+
+
+class DoubleReceiver(ODEModel):
+    r"""White-box model of a LuxR/LasR double-receiver device in growing cells.
+
+    Eight states (cell density ``x``; fluorescent proteins ``rfp``, ``yfp``,
+    ``cfp``; autofluorescence ``f530``, ``f480``; receptors ``luxR``, ``lasR``)
+    driven by two inputs, the AHL concentrations ``c6`` and ``c12`` (nM):
+
+    .. math::
+
+        \gamma &= r\,\sigma(4(t - t_\mathrm{lag}))\,(1 - x / K), \qquad \dot x = \gamma x,\\
+        f_R &= \frac{(K_{R6} c_6)^{n_R} + (K_{R12} c_{12})^{n_R}}{(1 + K_{R6} c_6 + K_{R12} c_{12})^{n_R}},
+        \quad b_R = \mathit{luxR}^2 f_R \quad (f_S, b_S \text{ alike}),\\
+        P_{76} &= \frac{e_{76} + K_{GR,76} b_R + K_{GS,76} b_S}{1 + K_{GR,76} b_R + K_{GS,76} b_S}
+        \quad (P_{81} \text{ alike}),\\
+        \dot{\mathit{rfp}} &= r_c - (\gamma + d_{rfp})\,\mathit{rfp}, \quad
+        \dot{\mathit{yfp}} = r_c a_{YFP} P_{81} - (\gamma + d_{yfp})\,\mathit{yfp}, \quad
+        \dot{\mathit{cfp}} = r_c a_{CFP} P_{76} - (\gamma + d_{cfp})\,\mathit{cfp},\\
+        \dot f_{530} &= r_c a_{530} - \gamma f_{530}, \quad \dot f_{480} = r_c a_{480} - \gamma f_{480},\\
+        \dot{\mathit{luxR}} &= r_c a_R - (\gamma + d_R)\,\mathit{luxR}, \quad
+        \dot{\mathit{lasR}} = r_c a_S - (\gamma + d_S)\,\mathit{lasR},
+
+    observed as ``OD = x``, ``mRFP1 = x rfp``, ``EYFP = x (yfp + f530)``,
+    ``ECFP = x (cfp + f480)``. Growth (``r``, ``K``, ``tlag``) and the
+    expression capacity ``rc`` vary per well; the receptor expression ``aR``
+    and ``aS`` per level of the LuxR and LasR ribosome-binding-site factors
+    (the device conditioning of the paper); everything else is shared.
+
+    Parameters
+    ----------
+    x0 : float, default=0.002
+        Initial cell density.
+    noise : NoiseModel, optional
+        Default: Gaussian per signal with precision prior ``LogNormal(8, 2)``.
+
+    Examples
+    --------
+    >>> from skhds.models import DoubleReceiver
+    >>> model = DoubleReceiver()
+    >>> model.states[:4], model.observables
+    (('x', 'rfp', 'yfp', 'cfp'), ('OD', 'mRFP1', 'EYFP', 'ECFP'))
+    """
+
+    states = ("x", "rfp", "yfp", "cfp", "f530", "f480", "luxR", "lasR")
+    observables = _SIGNALS
+    inputs = ("C6", "C12")
+    factors = ("luxR_rbs", "lasR_rbs")
+
+    def __init__(self, x0=0.002, noise=None):
+        super().__init__()
+        self.x0 = x0
+        self.noise = noise if noise is not None else Gaussian(_NOISE_PRIOR)
+
+    def declare_parameters(self):
+        """Individual growth and capacity; per-RBS receptor expression; shared kinetics."""
+        ind = {"r": (0.0, 0.25), "K": (1.0, 0.707), "tlag": (0.0, 0.707), "rc": (0.0, 2.0)}
+        pop = {
+            "e76": (-3.0, 1.0), "e81": (-3.0, 1.0),
+            "KGR_76": (2.0, 3.0), "KGR_81": (-2.0, 3.0), "KGS_76": (-2.0, 3.0), "KGS_81": (2.0, 3.0),
+            "KR6": (-6.0, 3.0), "KR12": (-12.0, 3.0), "KS6": (-12.0, 3.0), "KS12": (-6.0, 3.0),
+            "nR": (0.0, 0.25), "nS": (0.0, 0.25), "aYFP": (0.0, 2.0), "aCFP": (0.0, 2.0),
+            "dR": (-2.0, 1.0), "dS": (-2.0, 1.0),
+            "drfp": (-2.0, 1.5), "dyfp": (-2.0, 1.5), "dcfp": (-2.0, 1.5),
+            "a530": (-5.0, 2.0), "a480": (-5.0, 2.0),
+        }
+        params = [Parameter(n, LogNormal(*v), level="individual") for n, v in ind.items()]
+        params += [
+            Parameter("aR", LogNormal(0.0, 2.0), level="group", factor="luxR_rbs"),
+            Parameter("aS", LogNormal(0.0, 2.0), level="group", factor="lasR_rbs"),
+        ]
+        params += [Parameter(n, LogNormal(*v), level="population") for n, v in pop.items()]
+        return params
+
+    def initial_state(self, params, inputs):
+        """``x = x0``, everything else 0."""
+        ref = params["r"]
+        x0 = torch.zeros(len(self.states), dtype=ref.dtype, device=ref.device)
+        x0[0] = self.x0
+        return x0
+
+    def rhs(self, t, x, params, inputs):
+        """The double-receiver dynamics (see the class docstring)."""
+        p = params
+        xx, rfp, yfp, cfp, f530, f480, luxR, lasR = x.unbind(-1)
+        gamma = p["r"] * torch.sigmoid(4.0 * (t - p["tlag"])) * (1.0 - xx / p["K"])
+        c6, c12 = inputs["C6"], inputs["C12"]
+        a6, a12 = p["KR6"] * c6, p["KR12"] * c12
+        fR = (_safe_pow(a6, p["nR"]) + _safe_pow(a12, p["nR"])) / (1.0 + a6 + a12) ** p["nR"]
+        s6, s12 = p["KS6"] * c6, p["KS12"] * c12
+        fS = (_safe_pow(s6, p["nS"]) + _safe_pow(s12, p["nS"])) / (1.0 + s6 + s12) ** p["nS"]
+        bR, bS = luxR * luxR * fR, lasR * lasR * fS
+        gr76, gs76 = p["KGR_76"] * bR, p["KGS_76"] * bS
+        gr81, gs81 = p["KGR_81"] * bR, p["KGS_81"] * bS
+        P76 = (p["e76"] + gr76 + gs76) / (1.0 + gr76 + gs76)
+        P81 = (p["e81"] + gr81 + gs81) / (1.0 + gr81 + gs81)
+        rc = p["rc"]
+        return self.stack(
+            gamma * xx,
+            rc - (gamma + p["drfp"]) * rfp,
+            rc * p["aYFP"] * P81 - (gamma + p["dyfp"]) * yfp,
+            rc * p["aCFP"] * P76 - (gamma + p["dcfp"]) * cfp,
+            rc * p["a530"] - gamma * f530,
+            rc * p["a480"] - gamma * f480,
+            rc * p["aR"] - (gamma + p["dR"]) * luxR,
+            rc * p["aS"] - (gamma + p["dS"]) * lasR,
+        )
+
+    def observe(self, x, params, inputs):
+        """``OD = x``, ``mRFP1 = x rfp``, ``EYFP = x (yfp + f530)``, ``ECFP = x (cfp + f480)``."""
+        xx, rfp, yfp, cfp, f530, f480 = (x[..., i] for i in range(6))
+        return self.stack(xx, xx * rfp, xx * (yfp + f530), xx * (cfp + f480))
+
+
+class DoubleReceiverBlackBox(ODEModel):
+    r"""Black-box double receiver: a neural right-hand side with individual latents.
+
+    Six states: ``s0`` (cell density), ``s1..s3`` (per-cell fluorescence of the
+    three reporters) and two latent species. With ``h = tanh(W [s, z, log(1+c),
+    e_R, e_S] + b)``,
+
+    .. math:: \dot s = \sigma(W_a h + b_a) - \sigma(W_d h + b_d) \odot s,
+
+    where ``z`` are ``n_latent`` individual latents (standard-normal prior)
+    and ``e_R``, ``e_S`` group latents of the LuxR and LasR RBS factors (one
+    each, standard-normal prior, learned population location and spread).
+    Observed: ``OD = s0``, ``mRFP1 = s0 s1``, ``EYFP = s0 s2``, ``ECFP = s0 s3``.
+    Signals are expected on a scale of about one (divide each by its maximum).
+
+    Parameters
+    ----------
+    n_latent : int, default=5
+        Individual latent variables.
+    n_hidden : int, default=25
+        Width of the hidden layer.
+    n_latent_species : int, default=2
+        Unobserved species in the state.
+    x0 : float, default=0.002
+        Initial density ``s0``; the other states start at 0.
+    noise : NoiseModel, optional
+        Default: Gaussian with sd prior ``LogNormal(-4, 1)`` per signal.
+    """
+
+    observables = _SIGNALS
+    inputs = ("C6", "C12")
+    factors = ("luxR_rbs", "lasR_rbs")
+
+    def __init__(self, n_latent=5, n_hidden=25, n_latent_species=2, x0=0.002, noise=None):
+        super().__init__()
+        self.n_latent = n_latent
+        self.n_hidden = n_hidden
+        self.n_latent_species = n_latent_species
+        self.x0 = x0
+        self.noise = noise if noise is not None else Gaussian(_NOISE_PRIOR)
+        n_states = 4 + n_latent_species
+        self.states = tuple(f"s{i}" for i in range(n_states))
+        self.hidden = nn.Linear(n_states + n_latent + 2 + 2, n_hidden)
+        self.activation = nn.Linear(n_hidden, n_states)
+        self.degradation = nn.Linear(n_hidden, n_states)
+
+    def declare_parameters(self):
+        """``n_latent`` individual latents and one group latent per RBS factor."""
+        params = [Parameter(f"z{i}", Normal(0.0, 1.0), level="individual")
+                  for i in range(self.n_latent)]
+        params += [
+            Parameter("eR", Normal(0.0, 1.0), level="group", factor="luxR_rbs"),
+            Parameter("eS", Normal(0.0, 1.0), level="group", factor="lasR_rbs"),
+        ]
+        return params
+
+    def initial_state(self, params, inputs):
+        """``s0 = x0``, everything else 0."""
+        ref = params["z0"]
+        x0 = torch.zeros(len(self.states), dtype=ref.dtype, device=ref.device)
+        x0[0] = self.x0
+        return x0
+
+    def rhs(self, t, x, params, inputs):
+        """Neural production/degradation dynamics."""
+        cond = [params[f"z{i}"] for i in range(self.n_latent)]
+        cond += [torch.log1p(inputs["C6"]), torch.log1p(inputs["C12"]), params["eR"], params["eS"]]
+        cond = self.stack(*cond)
+        cond = cond.expand(x.shape[:-1] + cond.shape[-1:])
+        h = torch.tanh(self.hidden(torch.cat([x, cond], dim=-1)))
+        return torch.sigmoid(self.activation(h)) - torch.sigmoid(self.degradation(h)) * x
+
+    def observe(self, x, params, inputs):
+        """``OD = s0`` and the three fluorescence signals ``s0 * s_k``."""
+        s0 = x[..., 0]
+        return self.stack(s0, s0 * x[..., 1], s0 * x[..., 2], s0 * x[..., 3])
