@@ -119,6 +119,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         Number of observables seen in ``fit``.
     categories_ : dict
         Training levels of each grouping factor.
+    fit_times_ : numpy.ndarray or None
+        The shared time grid seen in ``fit`` (None for per-series grids).
     loss_curve_ : list of float
         Training loss per epoch: the negative bound per series.
     validation_scores_ : list of float or None
@@ -240,10 +242,17 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         validate_data(self, X, allow_nd=True, ensure_all_finite="allow-nan", reset=reset,
                       skip_check_array=True)
         n, _, T = X.shape
+        if times is None and not reset and getattr(self, "fit_times_", None) is not None:
+            if len(self.fit_times_) == T:
+                times = self.fit_times_  # default to the shared grid seen in fit
         t, valid = check_times(times, n, T, t0=model.t0)
+        if reset:
+            self.fit_times_ = t if t.ndim == 1 else None
         u = check_inputs(inputs, n, model.inputs)
         factors = self._factor_names(model)
-        gdf = check_groups(groups, n, factors)
+        # A model without group parameters ignores labels (they may be a
+        # classifier's target passed on as ``y`` in a Pipeline).
+        gdf = check_groups(groups if factors else None, n, factors)
         if reset:
             self.categories_ = {f: np.array(sorted(pd.unique(gdf[f]), key=_sort_key), dtype=object)
                                 for f in factors}
@@ -312,7 +321,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             Per-series inputs (treatments, doses).
         times : array-like of shape (n_times,) or (n_series, n_times), optional
             Observation times; per-series grids may be NaN-padded at the end.
-            Default ``0, 1, ..., n_times - 1``.
+            Default ``0, 1, ..., n_times - 1``. After fitting on a shared grid,
+            that grid is the default of the other methods for ``X`` with as
+            many time points.
 
         Returns
         -------
@@ -361,11 +372,13 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             self.loss_curve_, self.validation_scores_, self._history = [], [], []
             self.n_iter_, self.best_loss_, self._epoch_seed = 0, math.inf, self._seed
             self._eval_seed = self._seed + 7
+            self._smoothed = None
             self._best_val = -math.inf
         else:
             self.vae_.to(device=device, dtype=dtype)
-        self._optimizer = torch.optim.Adam(self.vae_.parameters(), lr=self.learning_rate)
         saved = self.__dict__.pop("_optimizer_state", None)
+        if not (continuing and hasattr(self, "_optimizer")):
+            self._optimizer = torch.optim.Adam(self.vae_.parameters(), lr=self.learning_rate)
         if continuing and saved is not None:
             self._optimizer.load_state_dict(_to_torch(saved, device))
             for group in self._optimizer.param_groups:
@@ -458,8 +471,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 bar.close()
         if best_state is not None:
             vae.load_state_dict(best_state)
-        if (check_convergence and not converged and not interrupted
-                and self.n_iter_no_change <= n_epochs):
+        if check_convergence and not converged and not interrupted:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({n_epochs}) reached and the "
                 "optimization hasn't converged yet.",
@@ -624,8 +636,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         data = self._prepare(X, groups, inputs, times, reset=False)
         pt = None
         if prediction_times is not None:
-            n_out = np.shape(prediction_times)[-1]
-            pt, _ = check_times(prediction_times, data.n_series, n_out, t0=self.model_.t0)
+            shape = np.shape(prediction_times)
+            n_out = shape[-1] if len(shape) else 0
+            pt, _ = check_times(prediction_times, data.n_series, n_out, t0=self.model_.t0,
+                                name="prediction_times")
         device, dtype = self._device_dtype()
         gen = self._generator(device, self._eval_seed + 1)
         self.vae_.eval()

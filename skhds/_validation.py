@@ -86,7 +86,7 @@ def check_observations(X, n_observables=None):
     return arr
 
 
-def check_times(times, n_series, n_times, t0=0.0):
+def check_times(times, n_series, n_times, t0=0.0, name="times"):
     """Validate a shared ``(n_times,)`` or per-series ``(n_series, n_times)`` time grid.
 
     Per-series grids may be NaN-padded at the end (ragged series); NaN inside
@@ -100,6 +100,8 @@ def check_times(times, n_series, n_times, t0=0.0):
         Shape of ``X``.
     t0 : float
         Start time of the model; no time may be earlier.
+    name : str, default="times"
+        Argument name used in error messages.
 
     Returns
     -------
@@ -115,7 +117,9 @@ def check_times(times, n_series, n_times, t0=0.0):
     try:
         t = np.asarray(times, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"times must be numeric: {exc}") from exc
+        raise TypeError(f"{name} must be numeric: {exc}") from exc
+    if t.ndim == 0 or t.shape[-1] == 0:
+        raise ValueError(f"{name} must hold at least one time point; got shape {t.shape}.")
     if t.ndim == 1:
         if t.shape[0] != n_times:
             hint = ""
@@ -125,37 +129,37 @@ def check_times(times, n_series, n_times, t0=0.0):
                     "parameter of length n_series, so a shared grid of that length gets cut. Pass "
                     "a per-series grid instead: np.broadcast_to(times, (n_series, n_times))."
                 )
-            raise ValueError(f"times has {t.shape[0]} points but X has {n_times} time points.{hint}")
+            raise ValueError(f"{name} has {t.shape[0]} points but X has {n_times} time points.{hint}")
         if not np.isfinite(t).all():
-            raise ValueError("times (shared grid) must be finite; NaN padding needs a per-series grid.")
-        _check_increasing(t[None], "times")
+            raise ValueError(f"{name} (shared grid) must be finite; NaN padding needs a per-series grid.")
+        _check_increasing(t[None], name)
         if t[0] < t0:
-            raise ValueError(f"times must be >= the model's start time t0={t0}; got {t[0]}.")
+            raise ValueError(f"{name} must be >= the model's start time t0={t0}; got {t[0]}.")
         return t, None
     if t.ndim != 2 or t.shape != (n_series, n_times):
         raise ValueError(
-            f"times must have shape (n_times,)=({n_times},) or (n_series, n_times)="
+            f"{name} must have shape (n_times,)=({n_times},) or (n_series, n_times)="
             f"({n_series}, {n_times}); got {t.shape}."
         )
     if np.isinf(t).any():
-        raise ValueError("times contains infinite values.")
+        raise ValueError(f"{name} contains infinite values.")
     valid = ~np.isnan(t)
     n_valid = valid.sum(1)
     if (n_valid == 0).any():
-        raise ValueError(f"times: series {np.flatnonzero(n_valid == 0)[:5].tolist()} have no valid time.")
+        raise ValueError(f"{name}: series {np.flatnonzero(n_valid == 0)[:5].tolist()} have no valid time.")
     # NaN only as trailing padding
     expected = np.arange(n_times)[None, :] < n_valid[:, None]
     if (valid != expected).any():
         bad = np.flatnonzero((valid != expected).any(1))[:5].tolist()
         raise ValueError(
-            f"times has NaN inside the observed range of series {bad}; NaN is only allowed as "
+            f"{name} has NaN inside the observed range of series {bad}; NaN is only allowed as "
             "trailing padding of shorter series."
         )
     last = t[np.arange(n_series), n_valid - 1]
     t = np.where(valid, t, last[:, None])
-    _check_increasing(t, "times", valid)
+    _check_increasing(t, name, valid)
     if (t[:, 0] < t0).any():
-        raise ValueError(f"times must be >= the model's start time t0={t0}; got {t[:, 0].min()}.")
+        raise ValueError(f"{name} must be >= the model's start time t0={t0}; got {t[:, 0].min()}.")
     return t, valid
 
 

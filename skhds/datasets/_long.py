@@ -64,8 +64,14 @@ def from_long_format(data, *, series, time, observables=None, value=None, observ
     df = data
     if not wide:
         obs_names = list(pd.unique(df[observable]))
-        df = df.pivot_table(index=[series, time], columns=observable, values=value,
-                            aggfunc="mean").reset_index()
+        dup = df.duplicated([series, time, observable])
+        if dup.any():
+            first = df[dup].iloc[0]
+            raise ValueError(
+                f"{int(dup.sum())} repeated rows for the same series, time and observable "
+                f"(e.g. series {first[series]!r} at {time}={first[time]!r}, {first[observable]!r})."
+            )
+        df = df.pivot(index=[series, time], columns=observable, values=value).reset_index()
         meta_cols = list(inputs or []) + list(groups or [])
         if meta_cols:
             meta = data.groupby(series, sort=False)[meta_cols].first().reset_index()
@@ -132,7 +138,8 @@ def to_long_format(X, times, *, series_ids=None, observable_names=None, std=None
         raise ValueError(f"X must be 3-D (n_series, n_observables, n_times); got shape {X.shape}.")
     n, n_obs, T = X.shape
     t = np.asarray(times, dtype=float)
-    t = np.broadcast_to(t, (n, T)) if t.ndim == 1 else t
+    if t.ndim == 1 and t.shape[0] == T:
+        t = np.broadcast_to(t, (n, T))
     if t.shape != (n, T):
         raise ValueError(f"times must have shape ({T},) or ({n}, {T}); got {np.shape(times)}.")
     ids = np.arange(n) if series_ids is None else np.asarray(series_ids, dtype=object)

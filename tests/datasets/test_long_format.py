@@ -132,7 +132,7 @@ def test_duplicate_times_stacked(wide):
     """A repeated (series, time, observable) row is an error, not silently averaged."""
     st = _stack(wide)
     dup = st.iloc[[1]].assign(val=99.0)
-    with pytest.raises(ValueError, match="repeated times"):
+    with pytest.raises(ValueError, match="repeated|duplicate"):
         from_long_format(pd.concat([st, dup], ignore_index=True), series="well", time="t",
                          value="val", observable="obs")
 
