@@ -22,6 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._data import EncoderScaling, SeriesData
+from ._persistence import decode_state, encode_state, to_numpy, to_torch
 from ._validation import (
     check_groups,
     check_inputs,
@@ -380,7 +381,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         if not (continuing and hasattr(self, "_optimizer")):
             self._optimizer = torch.optim.Adam(self.vae_.parameters(), lr=self.learning_rate)
         if continuing and saved is not None:
-            self._optimizer.load_state_dict(_to_torch(saved, device))
+            self._optimizer.load_state_dict(to_torch(saved, device))
             for group in self._optimizer.param_groups:
                 group["lr"] = min(group["lr"], self.learning_rate)
         n_epochs = max_epochs if max_epochs is not None else self.max_iter
@@ -794,16 +795,15 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         opt = state.pop("_optimizer", None)
         state.pop("_epoch_state", None)
         if opt is not None:
-            state["_optimizer_state"] = _to_numpy(opt.state_dict())
+            state["_optimizer_state"] = to_numpy(opt.state_dict())
         vae = state.pop("vae_", None)
         if vae is not None:
-            state["_vae_state"] = {k: v.detach().cpu().numpy() for k, v in vae.state_dict().items()}
+            state["_vae_state"] = to_numpy(vae.state_dict())
             state["_vae_device"] = str(vae.q_global.loc.device)
-            model = state["model_"]
-            state["model_"] = type(model)(**model.get_params(deep=False))
-        return state
+        return encode_state(state, plain_objects=("scaling_",))
 
     def __setstate__(self, state):
+        state = decode_state(state)
         vae_state = state.pop("_vae_state", None)
         saved_device = state.pop("_vae_device", "cpu")
         super().__setstate__(state)
@@ -849,27 +849,6 @@ class _Template:
 def _groups_or_y(groups, y):
     """Group labels: ``groups`` if given, else ``y`` (labels travelling as the target)."""
     return y if groups is None else groups
-
-
-def _to_numpy(obj):
-    """Tensors (nested in dicts/lists) to numpy arrays, for device-free pickles."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu().numpy()
-    if isinstance(obj, dict):
-        return {k: _to_numpy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_numpy(v) for v in obj)
-    return obj
-
-
-def _to_torch(obj, device):
-    if isinstance(obj, np.ndarray):
-        return torch.as_tensor(obj, device=device) if obj.ndim else torch.as_tensor(obj)
-    if isinstance(obj, dict):
-        return {k: _to_torch(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_torch(v, device) for v in obj)
-    return obj
 
 
 def _restore_finite(vae, saved):
