@@ -2,8 +2,7 @@
 
 ``odeint`` is the one entry point. Between consecutive output times it takes
 ``n_substeps[j]`` equal steps; every series takes the same number of steps, with
-its own step length when series have their own grids. Outputs are written into
-one preallocated tensor (no list + stack) so the loop stays lean.
+its own step length when series have their own grids.
 """
 
 import math
@@ -103,8 +102,16 @@ def odeint(func, x0, times, *, method="heun", n_substeps=1):
         )
     if any(int(n) != n or n < 1 for n in n_substeps):
         raise ValueError(f"n_substeps must be integers >= 1, got {list(n_substeps)}.")
-    out = x0.new_empty(x0.shape + (n_times,))
-    out[..., 0] = x0
+    # With autograd, writing into a preallocated tensor would make every write
+    # an in-place CopySlices node whose backward clones the whole trajectory
+    # (quadratic traffic); a list stacked once is linear. Without autograd the
+    # preallocated tensor saves the extra copy.
+    record_grad = torch.is_grad_enabled()
+    if record_grad:
+        states = [x0]
+    else:
+        out = x0.new_empty(x0.shape + (n_times,))
+        out[..., 0] = x0
     x = x0
     for j in range(n_times - 1):
         t0 = times[:, j : j + 1]
@@ -113,5 +120,8 @@ def odeint(func, x0, times, *, method="heun", n_substeps=1):
         for _ in range(n_substeps[j]):
             x = solver.step(func, t, x, h)
             t = t + h
-        out[..., j + 1] = x
-    return out
+        if record_grad:
+            states.append(x)
+        else:
+            out[..., j + 1] = x
+    return torch.stack(states, dim=-1) if record_grad else out
