@@ -413,7 +413,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
     def _train(self, train, val, device, dtype, n_epochs, check_convergence):
         """The epoch loop: minibatches, recovery from failed steps, convergence, interrupts."""
-        vae, opt = self.vae_, self._optimizer
+        vae = self.vae_
         K, N = self.n_importance_samples, train.n_series
         no_change, best_state = 0, None
         converged = interrupted = False

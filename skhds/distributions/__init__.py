@@ -5,6 +5,17 @@ see :class:`Prior`.
 """
 
 from ._bijectors import Exp, Identity, Sigmoid
+from ._normal import normal_kl, normal_log_prob
 from ._priors import LogitNormal, LogNormal, Normal, Prior
 
-__all__ = ["Prior", "Normal", "LogNormal", "LogitNormal", "Identity", "Exp", "Sigmoid"]
+__all__ = [
+    "Prior",
+    "Normal",
+    "LogNormal",
+    "LogitNormal",
+    "Identity",
+    "Exp",
+    "Sigmoid",
+    "normal_log_prob",
+    "normal_kl",
+]

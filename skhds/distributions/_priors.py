@@ -14,11 +14,9 @@ import numpy as np
 import torch
 
 from ._bijectors import Exp, Identity, Sigmoid
+from ._normal import normal_log_prob
 
 __all__ = ["Prior", "Normal", "LogNormal", "LogitNormal"]
-
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
 
 def _check_float(value, name, positive=False):
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
@@ -56,8 +54,7 @@ class Prior:
 
     def log_prob_unconstrained(self, z):
         """Log density of the unconstrained value ``z`` (Normal(loc, scale))."""
-        u = (z - self.loc) / self.scale
-        return -0.5 * u * u - math.log(self.scale) - _LOG_SQRT_2PI
+        return normal_log_prob(z, self.loc, self.scale)
 
     def log_prob(self, x):
         """Log density of a value ``x`` on the parameter's own scale (``-inf`` outside the support)."""

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from ..distributions import normal_log_prob
+
 __all__ = [
     "sanitize_log_weights",
     "iwae_per_series",
@@ -28,13 +30,7 @@ __all__ = [
     "log_normal",
 ]
 
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def log_normal(z, loc, scale):
-    """Log density of ``N(loc, scale)`` at ``z``, element-wise."""
-    u = (z - loc) / scale
-    return -0.5 * u * u - torch.log(scale) - _LOG_SQRT_2PI
+log_normal = normal_log_prob  # element-wise log N(z | loc, scale)
 
 
 def sanitize_log_weights(log_w):

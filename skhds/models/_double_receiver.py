@@ -22,6 +22,13 @@ def _safe_pow(base, exponent):
     return torch.where(positive, safe ** exponent, torch.zeros_like(safe))
 
 
+def _density_only(ref, n_states, x0):
+    """Initial state with density ``x0`` in the first state and zeros elsewhere."""
+    state = torch.zeros(n_states, dtype=ref.dtype, device=ref.device)
+    state[0] = x0
+    return state
+
+
 class DoubleReceiver(ODEModel):
     r"""White-box model of a LuxR/LasR double-receiver device in growing cells.
 
@@ -96,10 +103,7 @@ class DoubleReceiver(ODEModel):
 
     def initial_state(self, params, inputs):
         """``x = x0``, everything else 0."""
-        ref = params["r"]
-        x0 = torch.zeros(len(self.states), dtype=ref.dtype, device=ref.device)
-        x0[0] = self.x0
-        return x0
+        return _density_only(params["r"], len(self.states), self.x0)
 
     def rhs(self, t, x, params, inputs):
         """The double-receiver dynamics (see the class docstring)."""
@@ -192,10 +196,7 @@ class DoubleReceiverBlackBox(ODEModel):
 
     def initial_state(self, params, inputs):
         """``s0 = x0``, everything else 0."""
-        ref = params["z0"]
-        x0 = torch.zeros(len(self.states), dtype=ref.dtype, device=ref.device)
-        x0[0] = self.x0
-        return x0
+        return _density_only(params["z0"], len(self.states), self.x0)
 
     def rhs(self, t, x, params, inputs):
         """Neural production/degradation dynamics."""

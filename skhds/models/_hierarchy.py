@@ -28,12 +28,12 @@ import math
 import numpy as np
 import torch
 
+from ..distributions import normal_kl
+from ..distributions import normal_log_prob as _log_normal
+
 __all__ = ["Hierarchy"]
 
 
-def _log_normal(x, loc, scale):
-    u = (x - loc) / scale
-    return -0.5 * u * u - torch.log(scale) - 0.5 * math.log(2 * math.pi)
 
 
 class Hierarchy:
@@ -138,9 +138,7 @@ class Hierarchy:
     def individual_log_prior(self, g, z):
         """``log N(z | mu, omega)`` summed over individual parameters, ``(S, K)``."""
         mu, omega = self.individual_prior(g)
-        u = (z - mu.unsqueeze(0)) / omega.unsqueeze(0)
-        lp = -0.5 * u * u - torch.log(omega).unsqueeze(0) - 0.5 * math.log(2 * math.pi)
-        return lp.sum(-1)
+        return _log_normal(z, mu.unsqueeze(0), omega.unsqueeze(0)).sum(-1)
 
     # -------------------------------------------------------------- mapping
     def group_location_spread(self, g, spec):
@@ -186,8 +184,7 @@ class Hierarchy:
         """
         loc = torch.as_tensor(self.prior_loc, dtype=q_loc.dtype, device=q_loc.device)
         scale = torch.as_tensor(self.prior_scale, dtype=q_loc.dtype, device=q_loc.device)
-        var_ratio = (q_scale / scale) ** 2
-        kl = 0.5 * (var_ratio + ((q_loc - loc) / scale) ** 2 - 1.0 - torch.log(var_ratio))
+        kl = normal_kl(q_loc, q_scale, loc, scale)
         indep = torch.as_tensor(~self.conditional, device=q_loc.device)
         total = torch.where(indep, kl, torch.zeros_like(kl)).sum()
         for s in self.group if self.learned else ():

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from ..distributions import LogNormal
+from ..distributions import normal_log_prob as _normal_log_prob
 
 __all__ = ["NoiseModel", "Gaussian", "Proportional", "Combined", "Laplace", "StudentT"]
 
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _FLOOR = 1e-8  # keeps scales strictly positive where the mean is exactly zero
 
 
@@ -49,11 +49,6 @@ class NoiseModel:
 
     def __eq__(self, other):
         return type(self) is type(other) and vars(self) == vars(other)
-
-
-def _normal_log_prob(y, mean, sd):
-    u = (y - mean) / sd
-    return -0.5 * u * u - torch.log(sd) - _LOG_SQRT_2PI
 
 
 class Gaussian(NoiseModel):

@@ -1,27 +1,12 @@
 """Mean-field Gaussian variational family for the global (population and group) latents."""
 
-import math
-
 import torch
+
+from ..distributions import normal_kl, normal_log_prob
 
 __all__ = ["MeanFieldGaussian", "gaussian_kl"]
 
-
-def gaussian_kl(loc_q, scale_q, loc_p, scale_p):
-    """Element-wise ``KL(N(loc_q, scale_q) || N(loc_p, scale_p))``.
-
-    Parameters
-    ----------
-    loc_q, scale_q, loc_p, scale_p : torch.Tensor
-        Broadcastable tensors; scales positive.
-
-    Returns
-    -------
-    torch.Tensor
-    """
-    var_ratio = (scale_q / scale_p) ** 2
-    t = ((loc_q - loc_p) / scale_p) ** 2
-    return 0.5 * (var_ratio + t - 1.0 - torch.log(var_ratio))
+gaussian_kl = normal_kl  # element-wise KL between diagonal Gaussians
 
 
 class MeanFieldGaussian(torch.nn.Module):
@@ -54,9 +39,8 @@ class MeanFieldGaussian(torch.nn.Module):
 
     def log_prob(self, g):
         """Log density of draws ``(n, D)``, summed over dimensions: ``(n,)``."""
-        u = (g - self.loc) / self.scale
-        return (-0.5 * u * u - self.log_scale - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return normal_log_prob(g, self.loc, self.scale).sum(-1)
 
     def kl(self, prior_loc, prior_scale):
         """Analytic ``KL(q || N(prior_loc, prior_scale))`` (a scalar)."""
-        return gaussian_kl(self.loc, self.scale, prior_loc, prior_scale).sum()
+        return normal_kl(self.loc, self.scale, prior_loc, prior_scale).sum()
