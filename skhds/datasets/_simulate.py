@@ -1,5 +1,7 @@
 """Simulate data from a hierarchical ODE model, keeping the ground truth."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import torch
@@ -102,7 +104,7 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
     n_states = len(model.states)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.randint(0, 2**31 - 1))
-        m = model.to(dtype)
+        m = copy.deepcopy(model).to(dtype)  # never change the caller's model
         x0 = torch.broadcast_to(m.initial_state(values, ins), (n_series, 1, n_states)).to(dtype)
         traj = odeint(lambda tt, x: m.rhs(tt, x, values, ins), x0, torch.as_tensor(solve_t),
                       method=solver, n_substeps=substeps_for_grid(solve_t, dt))
@@ -120,7 +122,6 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
                 vals.append(v)
             nparams[base] = torch.tensor(vals, dtype=dtype).reshape(1, 1, -1, 1)
         y = model.noise.sample(obs, nparams, generator=_torch_gen(rng))
-        m.to(torch.float32)
     X = y[:, 0].numpy()
     if not np.isfinite(X).all():
         raise RuntimeError("Simulation produced non-finite values; check the model and priors.")

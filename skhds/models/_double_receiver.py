@@ -196,7 +196,7 @@ class DoubleReceiverBlackBox(ODEModel):
 
     def initial_state(self, params, inputs):
         """``s0 = x0``, everything else 0."""
-        return _density_only(params["z0"], len(self.states), self.x0)
+        return _density_only(params["eR"], len(self.states), self.x0)
 
     def rhs(self, t, x, params, inputs):
         """Neural production/degradation dynamics."""

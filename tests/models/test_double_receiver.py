@@ -7,8 +7,6 @@ black box against a numpy evaluation of its network, and both models through
 one training epoch on a few wells of the real plate-reader data.
 """
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -263,8 +261,8 @@ def test_white_box_gradients_finite_at_zero_concentration():
         assert leaves[name].grad.abs().sum() > 0, name
 
     # A series with no inducer at all: every binding-term gradient exactly zero, still finite.
-    for name in leaves.values():
-        name.grad = None
+    for leaf in leaves.values():
+        leaf.grad = None
     zero = {"C6": torch.zeros(1, 1, dtype=F64), "C12": torch.zeros(1, 1, dtype=F64)}
     sub = {k: (v[:1] if v.shape[0] == n else v) for k, v in leaves.items()}
     x0 = torch.broadcast_to(model.initial_state(sub, zero), (1, 2, 8))
@@ -375,8 +373,9 @@ def test_black_box_declarations():
     assert [s.name for s in declared] == ["z0", "z1", "z2", "z3", "z4", "eR", "eS"]
     for s in declared[:5]:
         assert s.level == "individual" and s.prior == Normal(0.0, 1.0)
-    assert (declared[5].level, declared[5].factor, declared[5].prior) == ("group", "luxR_rbs", Normal(0.0, 1.0))
-    assert (declared[6].level, declared[6].factor, declared[6].prior) == ("group", "lasR_rbs", Normal(0.0, 1.0))
+    std = Normal(0.0, 1.0)
+    assert (declared[5].level, declared[5].factor, declared[5].prior) == ("group", "luxR_rbs", std)
+    assert (declared[6].level, declared[6].factor, declared[6].prior) == ("group", "lasR_rbs", std)
     assert [s.name for s in specs[7:]] == [f"sigma_{o}" for o in SIGNALS]
     assert all(s.prior == LogNormal(-4.0, 1.0) for s in specs[7:])
 
@@ -399,8 +398,9 @@ def _black_box_problem(model, seed):
 
 
 def _np_black_box_rhs(model, x, p, c6, c12):
-    W = {n: getattr(model, n).weight.detach().double().numpy() for n in ("hidden", "activation", "degradation")}
-    b = {n: getattr(model, n).bias.detach().double().numpy() for n in ("hidden", "activation", "degradation")}
+    layers = ("hidden", "activation", "degradation")
+    W = {n: getattr(model, n).weight.detach().double().numpy() for n in layers}
+    b = {n: getattr(model, n).bias.detach().double().numpy() for n in layers}
     cond = [p[f"z{i}"] for i in range(model.n_latent)]
     cond += [np.broadcast_to(np.log1p(c6), (S, K)), np.broadcast_to(np.log1p(c12), (S, K)), p["eR"], p["eS"]]
     inp = np.concatenate([x, np.stack(cond, -1)], -1)
@@ -428,7 +428,7 @@ def test_black_box_rhs_and_observe():
     _, prod = _np_black_box_rhs(model, zero, p, C6[:, None], C12[:, None])
     np.testing.assert_allclose(out0, prod, rtol=1e-10)
     assert np.all((out0 > 0) & (out0 < 1))
-    # ... and it is bounded by 1 - (something in (0, 1)) * x elsewhere: large x decays.
+    # Production < 1 and degradation rate > 0: large states decay.
     big = model.rhs(t, torch.as_tensor(zero + 100.0), tp, inputs).detach().numpy()
     assert np.all(big < 0)
 
