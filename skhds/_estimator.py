@@ -72,12 +72,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         Series per minibatch.
     learning_rate : float, default=0.01
         Adam step size.
-    max_iter : int, default=500
+    max_iter : int, default=1000
         Maximum number of epochs.
     tol : float, default=1e-3
         Minimum improvement of the smoothed per-series training loss (or of
         the validation score with ``early_stopping``) to count as progress.
-    n_iter_no_change : int, default=50
+    n_iter_no_change : int, default=100
         Epochs without progress before stopping.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the series (split by group, so
@@ -165,8 +165,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     __metadata_request__predict = {**_METADATA, "prediction_times": True, "return_std": True}
 
     def __init__(self, model=None, *, solver="heun", dt=None, n_importance_samples=32,
-                 n_eval_samples=256, batch_size=32, learning_rate=0.01, max_iter=500, tol=1e-3,
-                 n_iter_no_change=50, early_stopping=False, validation_fraction=0.1,
+                 n_eval_samples=256, batch_size=32, learning_rate=0.01, max_iter=1000, tol=1e-3,
+                 n_iter_no_change=100, early_stopping=False, validation_fraction=0.1,
                  gradient_estimator="dreg", random_effects="learned", n_hidden=64,
                  random_state=None, device="cpu", dtype="float32", verbose=0, warm_start=False,
                  checkpoint_path=None):
@@ -329,6 +329,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         Returns
         -------
         self : HierarchicalODEVAE
+            The fitted estimator.
         """
         return self._fit(X, _groups_or_y(groups, y), inputs, times, max_epochs=None)
 
@@ -337,12 +338,21 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, y, groups, inputs, times
+        X : array-like of shape (n_series, n_observables, n_times)
+            As in :meth:`fit`.
+        y : array-like or DataFrame, optional
+            As in :meth:`fit` (group labels, used only when ``groups`` is None).
+        groups : array-like or DataFrame, optional
+            As in :meth:`fit`.
+        inputs : array-like of shape (n_series, n_inputs), optional
+            As in :meth:`fit`.
+        times : array-like of shape (n_times,) or (n_series, n_times), optional
             As in :meth:`fit`.
 
         Returns
         -------
         self : HierarchicalODEVAE
+            The estimator, after one more epoch of training.
         """
         return self._fit(X, _groups_or_y(groups, y), inputs, times, max_epochs=1, incremental=True)
 
@@ -579,12 +589,19 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, groups, inputs, times
+        X : array-like of shape (n_series, n_observables, n_times)
+            As in :meth:`fit`.
+        groups : array-like or DataFrame, optional
+            As in :meth:`fit`.
+        inputs : array-like of shape (n_series, n_inputs), optional
+            As in :meth:`fit`.
+        times : array-like of shape (n_times,) or (n_series, n_times), optional
             As in :meth:`fit`.
 
         Returns
         -------
         numpy.ndarray of shape (n_series,)
+            Importance-weighted estimate of ``log p(y_i | training data)`` per series.
         """
         data = self._prepare(X, groups, inputs, times, reset=False)
         return self._score_data(data, self.n_eval_samples)
@@ -594,14 +611,23 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, y, groups, inputs, times
+        X : array-like of shape (n_series, n_observables, n_times)
+            As in :meth:`fit`.
+        y : array-like or DataFrame, optional
             As in :meth:`fit` (``y`` stands for ``groups`` when that is None).
+        groups : array-like or DataFrame, optional
+            As in :meth:`fit`.
+        inputs : array-like of shape (n_series, n_inputs), optional
+            As in :meth:`fit`.
+        times : array-like of shape (n_times,) or (n_series, n_times), optional
+            As in :meth:`fit`.
         sample_weight : array-like of shape (n_series,), optional
             Weights of the series in the mean.
 
         Returns
         -------
         float
+            Mean (or ``sample_weight``-weighted mean) of :meth:`score_samples`.
         """
         values = self.score_samples(X, groups=_groups_or_y(groups, y), inputs=inputs, times=times)
         if sample_weight is not None:
@@ -620,8 +646,14 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, groups, inputs, times
+        X : array-like of shape (n_series, n_observables, n_times)
             As in :meth:`fit`; the observations condition the prediction.
+        groups : array-like or DataFrame, optional
+            As in :meth:`fit`.
+        inputs : array-like of shape (n_series, n_inputs), optional
+            As in :meth:`fit`.
+        times : array-like of shape (n_times,) or (n_series, n_times), optional
+            As in :meth:`fit`.
         prediction_times : array-like of shape (n_out,) or (n_series, n_out), optional
             Output grid (denser curves, forecasts); default ``times``.
         return_std : bool, default=False
@@ -631,6 +663,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         Returns
         -------
         mean : numpy.ndarray of shape (n_series, n_observables, n_out)
+            Posterior predictive mean (NaN for series whose importance samples
+            all failed to simulate).
         std : numpy.ndarray of the same shape
             Only with ``return_std=True``.
         """
@@ -670,7 +704,13 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, groups, inputs, times
+        X : array-like of shape (n_series, n_observables, n_times)
+            As in :meth:`fit`.
+        groups : array-like or DataFrame, optional
+            As in :meth:`fit`.
+        inputs : array-like of shape (n_series, n_inputs), optional
+            As in :meth:`fit`.
+        times : array-like of shape (n_times,) or (n_series, n_times), optional
             As in :meth:`fit`.
 
         Returns
@@ -692,14 +732,18 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, y
+        X : array-like of shape (n_series, n_observables, n_times)
             As in :meth:`fit`.
+        y : array-like or DataFrame, optional
+            As in :meth:`fit` (``y`` stands for ``groups`` when that is None).
         **fit_params : dict
             ``groups``, ``inputs``, ``times``.
 
         Returns
         -------
         numpy.ndarray of shape (n_series, n_individual_parameters)
+            Posterior means of the individual parameters of the training
+            series, columns in the order of :meth:`get_feature_names_out`.
         """
         fit_params = dict(fit_params)
         if fit_params.get("groups") is None and y is not None:
@@ -711,11 +755,14 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        input_features : ignored
+        input_features : array-like of str or None, default=None
+            Ignored; present for scikit-learn API consistency.
 
         Returns
         -------
         numpy.ndarray of str
+            Names of the individual parameters, one per column of the output
+            of :meth:`transform`.
         """
         check_is_fitted(self)
         return np.array([s.name for s in self.vae_.hierarchy.individual], dtype=object)
@@ -730,9 +777,16 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, groups, inputs, times
+        X : array-like of shape (n_series, n_observables, n_times)
+            As in :meth:`fit`.
+        groups : array-like or DataFrame, optional
+            As in :meth:`fit`.
+        inputs : array-like of shape (n_series, n_inputs), optional
+            As in :meth:`fit`.
+        times : array-like of shape (n_times,) or (n_series, n_times), optional
             As in :meth:`fit`.
         n_draws : int, default=100
+            Number of posterior draws.
         random_state : int, RandomState instance or None
             Seed of the draws (default: derived from the estimator's).
 

@@ -120,6 +120,7 @@ def to_long_format(X, times, *, series_ids=None, observable_names=None, std=None
     X : array-like of shape (n_series, n_observables, n_times)
         Observations or predictions.
     times : array-like of shape (n_times,) or (n_series, n_times)
+        Observation times, shared by all series or one row per series.
     series_ids : sequence, optional
         Default ``0..n_series-1``.
     observable_names : sequence of str, optional

@@ -27,6 +27,7 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
     Parameters
     ----------
     model : ODEModel
+        The model to simulate from (it is not modified).
     n_series : int, optional
         Number of series (default: taken from ``groups`` or ``inputs``).
     times : array-like of shape (n_times,) or (n_series, n_times)
@@ -34,13 +35,18 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
     groups : array-like or DataFrame, optional
         Group labels (required if the model has group parameters).
     inputs : array-like of shape (n_series, n_inputs), optional
+        Per-series inputs, in the order of the model's ``inputs`` (a DataFrame
+        is matched by column name); required if the model declares inputs.
     params : dict, optional
         Fixed true values: scalars for population, ``(n_levels,)`` (in sorted
         level order) for group, ``(n_series,)`` for individual parameters.
     solver : str, default="rk4"
+        Fixed-step ODE solver: ``"euler"``, ``"heun"``, ``"midpoint"`` or
+        ``"rk4"``.
     dt : float, optional
         Largest step; default a tenth of the smallest observation interval.
     random_state : int, RandomState instance or None
+        Seed of the parameter and noise draws, for reproducible output.
 
     Returns
     -------

@@ -19,13 +19,17 @@ def make_logistic_growth(n_series=60, n_groups=3, n_times=25, t_max=12.0, noise=
     Parameters
     ----------
     n_series : int, default=60
+        Number of series.
     n_groups : int, default=3
+        Number of strains (group levels); series are assigned to them in turn.
     n_times : int, default=25
         Observation times, evenly spaced on ``[0, t_max]``.
     t_max : float, default=12.0
+        Last observation time.
     noise : float, default=0.05
         True noise standard deviation.
     random_state : int, RandomState instance or None, default=0
+        Seed of the parameter and noise draws, for reproducible output.
 
     Returns
     -------

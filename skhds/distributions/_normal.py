@@ -20,6 +20,7 @@ def normal_log_prob(x, loc, scale):
     Returns
     -------
     torch.Tensor
+        Log density of ``x``, of the broadcast shape of the arguments.
     """
     u = (x - loc) / scale
     log_scale = torch.log(scale) if torch.is_tensor(scale) else math.log(scale)
@@ -37,6 +38,7 @@ def normal_kl(loc_q, scale_q, loc_p, scale_p):
     Returns
     -------
     torch.Tensor
+        Kullback-Leibler divergence, of the broadcast shape of the arguments.
     """
     var_ratio = (scale_q / scale_p) ** 2
     t = ((loc_q - loc_p) / scale_p) ** 2

@@ -39,10 +39,12 @@ def sanitize_log_weights(log_w):
     Parameters
     ----------
     log_w : torch.Tensor of shape (S, K)
+        Log importance weights of ``K`` samples for each of ``S`` series.
 
     Returns
     -------
-    log_w : torch.Tensor
+    log_w : torch.Tensor of shape (S, K)
+        The log weights with every non-finite entry replaced by ``-inf``.
     n_bad : int
         Number of importance samples zeroed.
     """
@@ -54,18 +56,52 @@ def sanitize_log_weights(log_w):
 
 
 def iwae_per_series(log_w):
-    """``logsumexp_k log w - log K`` for each series: ``(S,)``."""
+    """``logsumexp_k log w - log K`` for each series: ``(S,)``.
+
+    Parameters
+    ----------
+    log_w : torch.Tensor of shape (S, K)
+        Log importance weights of ``K`` samples for each of ``S`` series.
+
+    Returns
+    -------
+    torch.Tensor of shape (S,)
+        Per-series IWAE estimate (``-inf`` where every weight is zero).
+    """
     return torch.logsumexp(log_w, dim=-1) - math.log(log_w.shape[-1])
 
 
 def normalized_weights(log_w):
-    """Self-normalised importance weights (rows with no finite weight give zeros)."""
+    """Self-normalised importance weights (rows with no finite weight give zeros).
+
+    Parameters
+    ----------
+    log_w : torch.Tensor of shape (S, K)
+        Log importance weights of ``K`` samples for each of ``S`` series.
+
+    Returns
+    -------
+    torch.Tensor of shape (S, K)
+        Weights summing to one over ``K`` in each row (all zeros in a row with
+        no finite weight).
+    """
     w = torch.softmax(log_w, dim=-1)
     return torch.nan_to_num(w, nan=0.0)
 
 
 def effective_sample_size(log_w):
-    """Kish effective sample size ``1 / sum_k w_k^2`` per series, in ``[0, K]``."""
+    """Kish effective sample size ``1 / sum_k w_k^2`` per series, in ``[0, K]``.
+
+    Parameters
+    ----------
+    log_w : torch.Tensor of shape (S, K)
+        Log importance weights of ``K`` samples for each of ``S`` series.
+
+    Returns
+    -------
+    torch.Tensor of shape (S,)
+        Effective sample size of each series (0 where no weight is finite).
+    """
     w = normalized_weights(log_w)
     ess = 1.0 / (w * w).sum(-1)
     return torch.where(torch.isfinite(ess), ess, torch.zeros_like(ess))

@@ -27,8 +27,15 @@ class ODEModel(torch.nn.Module):
     ``params`` and ``inputs`` broadcasts to ``(S, K)``, and ``t`` is a tensor
     of shape ``(S, 1)`` or ``(1, 1)``.
 
-    Class attributes
-    ----------------
+    Parameters
+    ----------
+    *args, **kwargs
+        Passed to :class:`torch.nn.Module`; the base class takes no
+        hyperparameters (subclasses define their own as named constructor
+        arguments).
+
+    Attributes
+    ----------
     states : tuple of str
         Names of the state variables, in the order of the last axis of ``x``.
     observables : tuple of str, optional
@@ -43,23 +50,20 @@ class ODEModel(torch.nn.Module):
         Observation noise (default :class:`~skhds.models.Gaussian`); a
         subclass may also take it as a constructor argument.
 
-    Methods to implement
-    --------------------
-    ``declare_parameters()``
-        List of :class:`~skhds.models.Parameter`.
-    ``initial_state(params, inputs)``
-        Tensor broadcastable to ``(S, K, n_states)``.
-    ``rhs(t, x, params, inputs)``
-        ``dx/dt``, shaped like ``x``.
-    ``observe(x, params, inputs)`` (optional)
-        Observables from states. Here ``x`` is time-major,
-        ``(S, K, n_times, n_states)``, and parameters/inputs carry a
-        trailing singleton time axis; returns ``(S, K, n_times,
-        n_observables)``. The default selects the states named in
-        ``observables``.
-
     Notes
     -----
+    Subclasses set the class attributes above and implement these methods:
+
+    - ``declare_parameters()`` returns a list of :class:`~skhds.models.Parameter`.
+    - ``initial_state(params, inputs)`` returns a tensor broadcastable to
+      ``(S, K, n_states)``.
+    - ``rhs(t, x, params, inputs)`` returns ``dx/dt``, shaped like ``x``.
+    - ``observe(x, params, inputs)`` (optional) maps states to observables.
+      Here ``x`` is time-major, ``(S, K, n_times, n_states)``, and
+      parameters/inputs carry a trailing singleton time axis; it returns
+      ``(S, K, n_times, n_observables)``. The default selects the states named
+      in ``observables``.
+
     Subclasses with constructor arguments must call ``super().__init__()``
     first and store every argument under its own name, as scikit-learn
     estimators do.
@@ -81,15 +85,65 @@ class ODEModel(torch.nn.Module):
         )
 
     def initial_state(self, params, inputs):
-        """Return the state at ``t0``, broadcastable to ``(S, K, n_states)``."""
+        """Return the state at ``t0``, broadcastable to ``(S, K, n_states)``.
+
+        Parameters
+        ----------
+        params : dict of str to torch.Tensor
+            Parameter values by name, each broadcastable to ``(S, K)``.
+        inputs : dict of str to torch.Tensor
+            Per-series inputs by name, each of shape ``(S, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Initial state, broadcastable to ``(S, K, n_states)``.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement initial_state().")
 
     def rhs(self, t, x, params, inputs):
-        """Return ``dx/dt`` at time ``t`` and state ``x`` (shape of ``x``)."""
+        """Return ``dx/dt`` at time ``t`` and state ``x`` (shape of ``x``).
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Current time, of shape ``(S, 1)`` or ``(1, 1)``.
+        x : torch.Tensor
+            Current state, of shape ``(S, K, n_states)``.
+        params : dict of str to torch.Tensor
+            Parameter values by name, each broadcastable to ``(S, K)``.
+        inputs : dict of str to torch.Tensor
+            Per-series inputs by name, each of shape ``(S, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Time derivative ``dx/dt``, of the same shape as ``x``.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement rhs().")
 
     def observe(self, x, params, inputs):
-        """Map time-major states ``(S, K, T, n_states)`` to observables ``(S, K, T, n_obs)``."""
+        """Map time-major states ``(S, K, T, n_states)`` to observables ``(S, K, T, n_obs)``.
+
+        The default selects the states named in ``observables`` and raises
+        ``NotImplementedError`` if an observable is not a state.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Time-major states, of shape ``(S, K, n_times, n_states)``.
+        params : dict of str to torch.Tensor
+            Parameter values by name, each broadcastable to ``(S, K, 1)``
+            (with a trailing singleton time axis).
+        inputs : dict of str to torch.Tensor
+            Per-series inputs by name, each of shape ``(S, 1, 1)`` (with a
+            trailing singleton time axis).
+
+        Returns
+        -------
+        torch.Tensor
+            Observables, of shape ``(S, K, n_times, n_observables)``.
+        """
         names = self.observable_names
         missing = [n for n in names if n not in self.states]
         if missing:
@@ -134,6 +188,11 @@ class ODEModel(torch.nn.Module):
 
         Noise parameters are population-level, one per observable, named
         ``"{base}_{observable}"`` (for example ``"sigma_OD"``).
+
+        Returns
+        -------
+        list of Parameter
+            The model's declared parameters followed by the noise parameters.
         """
         specs = list(self.declare_parameters())
         for base, prior in self.noise.declare().items():
@@ -168,6 +227,8 @@ class ODEModel(torch.nn.Module):
         Returns
         -------
         dict
+            Hyperparameter names mapped to their values; with ``deep=True``
+            nested parameters appear as ``"<name>__<sub>"``.
         """
         out = {}
         for key in self._get_param_names():
@@ -180,9 +241,16 @@ class ODEModel(torch.nn.Module):
     def set_params(self, **params):
         """Set constructor hyperparameters (``name=value`` or ``nested__name=value``).
 
+        Parameters
+        ----------
+        **params : dict
+            Hyperparameter values by name; ``"<name>__<sub>"`` keys are passed
+            to the ``set_params`` of the nested object ``<name>``.
+
         Returns
         -------
         self
+            The model, modified in place.
         """
         valid = self._get_param_names()
         nested = {}
@@ -215,6 +283,7 @@ def check_model(model):
     Parameters
     ----------
     model : ODEModel
+        The model instance to check.
 
     Returns
     -------

@@ -28,19 +28,71 @@ class NoiseModel:
     param_priors = {}
 
     def declare(self):
-        """Mapping base name -> prior of the noise parameters (one per observable)."""
+        """Mapping base name -> prior of the noise parameters (one per observable).
+
+        Returns
+        -------
+        dict of str to Prior
+            Base parameter names mapped to their priors (a copy of ``param_priors``).
+        """
         return dict(self.param_priors)
 
     def log_prob(self, y, mean, params):
-        """Element-wise log density of ``y`` given the mean; shape of ``mean``."""
+        """Element-wise log density of ``y`` given the mean; shape of ``mean``.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean``.
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Element-wise log density of ``y``, of the shape of ``mean``.
+        """
         raise NotImplementedError
 
     def variance(self, mean, params):
-        """Variance of an observation around ``mean`` (for predictive bands)."""
+        """Variance of an observation around ``mean`` (for predictive bands).
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Element-wise observation variance, of the shape of ``mean``.
+        """
         raise NotImplementedError
 
     def sample(self, mean, params, generator=None):
-        """Draw observations around ``mean``."""
+        """Draw observations around ``mean``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        generator : torch.Generator, optional
+            Random number generator used for the draws.
+
+        Returns
+        -------
+        torch.Tensor
+            Simulated observations, of the shape of ``mean``.
+        """
         raise NotImplementedError
 
     def __repr__(self):
@@ -64,19 +116,71 @@ class Gaussian(NoiseModel):
         self.sigma_prior = sigma_prior if sigma_prior is not None else LogNormal(math.log(0.1), 1.5)
 
     def declare(self):
-        """Mapping ``{"sigma": prior}``."""
+        """Mapping ``{"sigma": prior}``.
+
+        Returns
+        -------
+        dict of str to Prior
+            ``{"sigma": sigma_prior}``.
+        """
         return {"sigma": self.sigma_prior}
 
     def log_prob(self, y, mean, params):
-        """Gaussian log density."""
+        """Gaussian log density.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean``.
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Element-wise Gaussian log density of ``y``, of the shape of ``mean``.
+        """
         return _normal_log_prob(y, mean, params["sigma"])
 
     def variance(self, mean, params):
-        """``sigma ** 2``."""
+        """``sigma ** 2``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``sigma ** 2`` broadcast to the shape of ``mean``.
+        """
         return (params["sigma"] ** 2).expand_as(mean)
 
     def sample(self, mean, params, generator=None):
-        """Draw ``mean + sigma * e``."""
+        """Draw ``mean + sigma * e``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        generator : torch.Generator, optional
+            Random number generator used for the draws.
+
+        Returns
+        -------
+        torch.Tensor
+            Simulated observations, of the shape of ``mean``.
+        """
         e = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + params["sigma"] * e
 
@@ -94,22 +198,74 @@ class Proportional(Gaussian):
         self.b_prior = b_prior if b_prior is not None else LogNormal(math.log(0.1), 1.0)
 
     def declare(self):
-        """Mapping ``{"b": prior}``."""
+        """Mapping ``{"b": prior}``.
+
+        Returns
+        -------
+        dict of str to Prior
+            ``{"b": b_prior}``.
+        """
         return {"b": self.b_prior}
 
     def _sd(self, mean, params):
         return params["b"] * mean.abs() + _FLOOR
 
     def log_prob(self, y, mean, params):
-        """Gaussian log density with standard deviation ``b |f|``."""
+        """Gaussian log density with standard deviation ``b |f|``.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean``.
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Element-wise Gaussian log density of ``y``, of the shape of ``mean``.
+        """
         return _normal_log_prob(y, mean, self._sd(mean, params))
 
     def variance(self, mean, params):
-        """``(b f) ** 2``."""
+        """``(b f) ** 2``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Squared standard deviation, of the shape of ``mean``.
+        """
         return self._sd(mean, params) ** 2
 
     def sample(self, mean, params, generator=None):
-        """Draw ``mean + b |mean| e``."""
+        """Draw ``mean + b |mean| e``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        generator : torch.Generator, optional
+            Random number generator used for the draws.
+
+        Returns
+        -------
+        torch.Tensor
+            Simulated observations, of the shape of ``mean``.
+        """
         e = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + self._sd(mean, params) * e
 
@@ -130,7 +286,13 @@ class Combined(Proportional):
         self.a_prior = a_prior if a_prior is not None else LogNormal(math.log(0.05), 1.5)
 
     def declare(self):
-        """Mapping ``{"a": prior, "b": prior}``."""
+        """Mapping ``{"a": prior, "b": prior}``.
+
+        Returns
+        -------
+        dict of str to Prior
+            ``{"a": a_prior, "b": b_prior}``.
+        """
         return {"a": self.a_prior, "b": self.b_prior}
 
     def _sd(self, mean, params):
@@ -150,20 +312,72 @@ class Laplace(Gaussian):
         self.scale_prior = scale_prior if scale_prior is not None else LogNormal(math.log(0.1), 1.5)
 
     def declare(self):
-        """Mapping ``{"scale": prior}``."""
+        """Mapping ``{"scale": prior}``.
+
+        Returns
+        -------
+        dict of str to Prior
+            ``{"scale": scale_prior}``.
+        """
         return {"scale": self.scale_prior}
 
     def log_prob(self, y, mean, params):
-        """Laplace log density."""
+        """Laplace log density.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean``.
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Element-wise Laplace log density of ``y``, of the shape of ``mean``.
+        """
         b = params["scale"]
         return -(y - mean).abs() / b - torch.log(2 * b)
 
     def variance(self, mean, params):
-        """``2 b^2``."""
+        """``2 b^2``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``2 * scale ** 2`` broadcast to the shape of ``mean``.
+        """
         return (2 * params["scale"] ** 2).expand_as(mean)
 
     def sample(self, mean, params, generator=None):
-        """Draw Laplace noise by inverse CDF."""
+        """Draw Laplace noise by inverse CDF.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        generator : torch.Generator, optional
+            Random number generator used for the draws.
+
+        Returns
+        -------
+        torch.Tensor
+            Simulated observations, of the shape of ``mean``.
+        """
         u = torch.rand(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device) - 0.5
         u = u.clamp(-0.5 + 1e-7, 0.5 - 1e-7)
         return mean - params["scale"] * torch.sign(u) * torch.log1p(-2 * u.abs())
@@ -189,19 +403,65 @@ class StudentT(Gaussian):
         self.df = float(df)
 
     def log_prob(self, y, mean, params):
-        """Student-t log density."""
+        """Student-t log density.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean``.
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Element-wise Student-t log density of ``y``, of the shape of ``mean``.
+        """
         nu, s = self.df, params["sigma"]
         u = (y - mean) / s
         const = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
         return const - torch.log(s) - (nu + 1) / 2 * torch.log1p(u * u / nu)
 
     def variance(self, mean, params):
-        """``sigma^2 df / (df - 2)`` (infinite for ``df <= 2``)."""
+        """``sigma^2 df / (df - 2)`` (infinite for ``df <= 2``).
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``sigma ** 2 * df / (df - 2)`` broadcast to the shape of ``mean``.
+        """
         factor = self.df / (self.df - 2) if self.df > 2 else float("inf")
         return (factor * params["sigma"] ** 2).expand_as(mean)
 
     def sample(self, mean, params, generator=None):
-        """Draw ``mean + sigma * t`` with ``t = e / sqrt(chi2 / df)``."""
+        """Draw ``mean + sigma * t`` with ``t = e / sqrt(chi2 / df)``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        generator : torch.Generator, optional
+            Random number generator used for the draws.
+
+        Returns
+        -------
+        torch.Tensor
+            Simulated observations, of the shape of ``mean``.
+        """
         e = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         shape = torch.full(mean.shape, self.df / 2, dtype=mean.dtype, device=mean.device)
         g = torch._standard_gamma(shape, generator=generator)

@@ -31,6 +31,8 @@ def get_solver(method):
     Returns
     -------
     ExplicitRungeKutta
+        The solver registered under ``method`` in ``SOLVERS``, or ``method``
+        itself if it already is a solver.
     """
     if hasattr(method, "step") and hasattr(method, "order"):
         return method
