@@ -33,7 +33,7 @@ from ._validation import (
     warn_all_missing,
 )
 from ._vae import HierarchicalVAE
-from .inference import effective_sample_size, iwae_per_series, normalized_weights
+from .inference import effective_sample_size, iwae_per_series, normalized_weights, pareto_k
 from .models import Hierarchy, LogisticGrowth, ODEModel, check_model
 from .nn import MeanFieldGaussian, SeriesEncoder
 from .solvers import SOLVERS
@@ -111,6 +111,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     checkpoint_path : str or path-like, default=None
         If set, the estimator is saved there (``joblib``, atomically) after
         every epoch. Resume with ``joblib.load(path).set_params(warm_start=True).fit(...)``.
+    tensorboard_dir : str or path-like, default=None
+        If set, the per-epoch scalars of ``history_`` are written there for
+        TensorBoard (``torch.utils.tensorboard.SummaryWriter``, which needs
+        the ``tensorboard`` package) as training runs, under ``skhds/<column>``.
 
     Attributes
     ----------
@@ -169,7 +173,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                  n_iter_no_change=100, early_stopping=False, validation_fraction=0.1,
                  gradient_estimator="dreg", random_effects="learned", n_hidden=64,
                  random_state=None, device="cpu", dtype="float32", verbose=0, warm_start=False,
-                 checkpoint_path=None):
+                 checkpoint_path=None, tensorboard_dir=None):
         self.model = model
         self.solver = solver
         self.dt = dt
@@ -191,6 +195,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
+        self.tensorboard_dir = tensorboard_dir
 
     # ----------------------------------------------------------- checks
     def _check_hyperparameters(self):
@@ -358,6 +363,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
     def _fit(self, X, groups, inputs, times, max_epochs, incremental=False):
         device, dtype = self._check_hyperparameters()
+        writer_class = _tensorboard_writer_class(self.tensorboard_dir)
         continuing = (self.warm_start or incremental) and hasattr(self, "vae_")
         if not continuing:
             rng = check_random_state(self.random_state)
@@ -395,7 +401,14 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             for group in self._optimizer.param_groups:
                 group["lr"] = min(group["lr"], self.learning_rate)
         n_epochs = max_epochs if max_epochs is not None else self.max_iter
-        self._train(train, val, device, dtype, n_epochs, check_convergence=max_epochs is None)
+        self._tb_writer = (None if writer_class is None
+                           else writer_class(log_dir=os.fspath(self.tensorboard_dir)))
+        try:
+            self._train(train, val, device, dtype, n_epochs, check_convergence=max_epochs is None)
+        finally:
+            writer = self.__dict__.pop("_tb_writer", None)
+            if writer is not None:
+                writer.close()
         self.history_ = pd.DataFrame(self._history)
         self.summary_ = self._summary()
         return self
@@ -455,6 +468,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 if val is not None:
                     self.validation_scores_.append(record["validation_score"])
                 self._history.append(record)
+                _log_scalars(getattr(self, "_tb_writer", None), record, self.n_iter_)
                 no_change = 0 if improved else no_change + 1
                 if bar is not None:
                     bar.update(1)
@@ -820,6 +834,48 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             out[n] = np.concatenate(ind[n], axis=1).astype(np.float64)
         return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
+    def importance_diagnostics(self, X, *, groups=None, inputs=None, times=None):
+        """Reliability of the importance weights of each series.
+
+        Draws ``n_eval_samples`` importance samples per series (as
+        :meth:`score_samples` and :meth:`predict` do) and reports the Kish
+        effective sample size of their weights and the Pareto-k-hat of the
+        weights' upper tail (see :func:`~skhds.inference.pareto_k`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_series, n_observables, n_times)
+            As in :meth:`fit`.
+        groups : array-like or DataFrame, optional
+            As in :meth:`fit`.
+        inputs : array-like of shape (n_series, n_inputs), optional
+            As in :meth:`fit`.
+        times : array-like of shape (n_times,) or (n_series, n_times), optional
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per series with columns ``ess`` (Kish effective sample
+            size, in ``[0, n_eval_samples]``), ``ess_fraction`` (``ess /
+            n_eval_samples``), ``pareto_k`` and ``flagged`` (``pareto_k >
+            0.7``: the series' importance estimates are unreliable).
+        """
+        data = self._prepare(X, groups, inputs, times, reset=False)
+        device, dtype = self._device_dtype()
+        gen = self._generator(device, self._eval_seed + 4)
+        self.vae_.eval()
+        ess, khat = [], []
+        for idx in self._chunks(data.n_series):
+            batch = data.batch(idx, self.scaling_, self.dt, device, dtype)
+            log_w = self.vae_.evaluate(batch, self.n_eval_samples, gen)["log_w"]
+            ess.append(effective_sample_size(log_w).cpu().numpy())
+            khat.append(pareto_k(log_w.cpu().double().numpy()))
+        ess = np.concatenate(ess).astype(np.float64) if ess else np.zeros(0)
+        khat = np.concatenate(khat) if khat else np.zeros(0)
+        return pd.DataFrame({"ess": ess, "ess_fraction": ess / self.n_eval_samples,
+                             "pareto_k": khat, "flagged": khat > 0.7})
+
     def _summary(self, n_draws=2000):
         gen = self._generator(self._device_dtype()[0], self._seed + 5)
         with torch.no_grad():
@@ -848,6 +904,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         state = super().__getstate__().copy()
         opt = state.pop("_optimizer", None)
         state.pop("_epoch_state", None)
+        state.pop("_tb_writer", None)
         if opt is not None:
             state["_optimizer_state"] = to_numpy(opt.state_dict())
         vae = state.pop("vae_", None)
@@ -920,6 +977,30 @@ def _row(name, level, factor, group_level, draws):
 
 def _sort_key(v):
     return (0, v) if isinstance(v, (int, float, np.integer, np.floating)) else (1, str(v))
+
+
+def _tensorboard_writer_class(log_dir):
+    """TensorBoard's ``SummaryWriter`` class (None when ``log_dir`` is None)."""
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # optional dependency
+        raise ImportError(
+            "tensorboard_dir is set, but torch.utils.tensorboard cannot be imported: "
+            "pip install tensorboard, or set tensorboard_dir=None."
+        ) from exc
+    return SummaryWriter
+
+
+def _log_scalars(writer, record, step):
+    """Write the numeric entries of one epoch's history record."""
+    if writer is None:
+        return
+    for key, value in record.items():
+        if key != "epoch" and isinstance(value, (int, float, np.integer, np.floating)):
+            writer.add_scalar(f"skhds/{key}", float(value), step)
+    writer.flush()
 
 
 def _progress(total, verbose):

@@ -8,6 +8,7 @@ from ._bound import (
     normalized_weights,
     sanitize_log_weights,
 )
+from ._diagnostics import pareto_k
 
 __all__ = [
     "effective_sample_size",
@@ -15,5 +16,6 @@ __all__ = [
     "log_normal",
     "minibatch_objective",
     "normalized_weights",
+    "pareto_k",
     "sanitize_log_weights",
 ]
