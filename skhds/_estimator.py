@@ -476,8 +476,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 if self.verbose >= 2:
                     extra = (f", validation score = {record['validation_score']:.4f}"
                              if val is not None else "")
-                    print(f"Iteration {self.n_iter_}, loss = {epoch_loss:.4f}{extra}, "
-                          f"ess = {record['ess']:.1f}, time = {record['time']:.2f}s")
+                    line = (f"Iteration {self.n_iter_}, loss = {epoch_loss:.4f}{extra}, "
+                            f"ess = {record['ess']:.1f}, time = {record['time']:.2f}s")
+                    if bar is not None:  # print through the bar: no interleaving
+                        bar.write(line)
+                    else:
+                        print(line)
                 if self.checkpoint_path is not None:
                     self._save_checkpoint()
                 if check_convergence and no_change >= self.n_iter_no_change:

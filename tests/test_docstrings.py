@@ -9,7 +9,7 @@ validate = pytest.importorskip("numpydoc.validate").validate
 
 MODULES = [
     "skhds", "skhds.models", "skhds.distributions", "skhds.solvers", "skhds.inference",
-    "skhds.nn", "skhds.datasets", "skhds.preprocessing",
+    "skhds.nn", "skhds.datasets", "skhds.preprocessing", "skhds.plotting",
 ]
 METHOD_OWNERS = [
     "HierarchicalODEVAE", "models.ODEModel", "models.NoiseModel", "models.Gaussian",
