@@ -177,6 +177,17 @@ axes[2].legend(fontsize=7)
 fig.tight_layout()
 
 # %%
+# Dose response
+# -------------
+# Predicted (mean and 90% band) and observed concentrations against the dose,
+# 1 h and 6 h after dosing (observations at each subject's nearest sample time).
+from skhds.plotting import plot_dose_response  # noqa: E402
+
+fig = plot_dose_response(white, X[train], inputs=dose[train], input_name="dose",
+                         at_times=[1.0, 6.0], **{k: v for k, v in split(train).items()
+                                                  if k != "inputs"})
+
+# %%
 # A black-box model
 # -----------------
 # The right-hand side is a small network of the state, two individual latent

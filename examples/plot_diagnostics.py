@@ -26,6 +26,7 @@ from skhds import HierarchicalODEVAE
 from skhds.datasets import make_logistic_growth
 from skhds.plotting import (
     plot_importance_diagnostics,
+    plot_individual_parameters,
     plot_posteriors,
     plot_training_curves,
     plot_vpc,
@@ -93,6 +94,13 @@ fig = plot_importance_diagnostics(est, data.X, **fit_args)
 # the prior they started from. A posterior that is as wide as its prior is not
 # informed by the data.
 fig = plot_posteriors(est, n_draws=2000, prior=True)
+
+# %%
+# Between-series distributions
+# ----------------------------
+# Posterior means of each series' growth rate and lag, by strain, with the
+# learned population distribution of each (location ``mu``, spread ``omega``).
+fig = plot_individual_parameters(est, data.X, **fit_args, by="strain")
 
 # %%
 # Visual predictive check
