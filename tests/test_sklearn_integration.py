@@ -576,3 +576,26 @@ def test_groups_dataframe_through_gridsearch_as_y(data):
     gs.fit(data.X, gdf, groups=gdf["strain"], times=_grid(data))
     assert np.all(np.isfinite(gs.cv_results_["mean_test_score"]))
     assert list(gs.best_estimator_.categories_["strain"]) == ["s0", "s1", "s2"]
+
+
+class _ThreadReporter(HierarchicalODEVAE):
+    """Scores with the number of torch threads of the process that fitted it."""
+
+    def fit(self, X, y=None, **kw):
+        self.fit_threads_ = torch.get_num_threads()
+        return self
+
+    def score(self, X, y=None, **kw):
+        return float(self.fit_threads_)
+
+
+def test_gridsearch_workers_do_not_oversubscribe_torch_threads():
+    # joblib's loky workers cap OMP_NUM_THREADS at cpu_count // n_jobs; torch reads it
+    # at import, so two workers on two cores use one thread each.
+    import os
+
+    X = np.zeros((8, 1, 5))
+    search = GridSearchCV(_ThreadReporter(), {"batch_size": [2, 4]}, cv=2, n_jobs=2, refit=False)
+    search.fit(X)
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert set(search.cv_results_["mean_test_score"]) == {float(expected)}
