@@ -586,15 +586,19 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         step = max(1, self.batch_size)
         return [np.arange(i, min(n, i + step)) for i in range(0, n, step)]
 
-    def _score_data(self, data, K, salt=0):
+    def _evaluations(self, data, K, gen):
+        """Evaluate the importance weights of ``data`` chunk by chunk (no gradients)."""
         device, dtype = self._device_dtype()
-        gen = self._generator(device, getattr(self, "_eval_seed", self._seed) + 31 * salt)
         self.vae_.eval()
-        out = []
         for idx in self._chunks(data.n_series):
             batch = data.batch(idx, self.scaling_, self.dt, device, dtype)
-            res = self.vae_.evaluate(batch, K, gen)
-            out.append(iwae_per_series(res["log_w"]).cpu().numpy())
+            yield self.vae_.evaluate(batch, K, gen)
+
+    def _score_data(self, data, K, salt=0):
+        device, _ = self._device_dtype()
+        gen = self._generator(device, getattr(self, "_eval_seed", self._seed) + 31 * salt)
+        out = [iwae_per_series(res["log_w"]).cpu().numpy()
+               for res in self._evaluations(data, K, gen)]
         return np.concatenate(out)
 
     def score_samples(self, X, *, groups=None, inputs=None, times=None):
@@ -710,11 +714,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         return (mean, np.concatenate(stds).astype(np.float64)) if return_std else mean
 
     def _weighted_individual(self, data, K, gen):
-        device, dtype = self._device_dtype()
-        self.vae_.eval()
-        for idx in self._chunks(data.n_series):
-            batch = data.batch(idx, self.scaling_, self.dt, device, dtype)
-            out = self.vae_.evaluate(batch, K, gen)
+        for out in self._evaluations(data, K, gen):
             yield out, normalized_weights(out["log_w"])
 
     def transform(self, X, *, groups=None, inputs=None, times=None):
@@ -866,13 +866,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             0.7``: the series' importance estimates are unreliable).
         """
         data = self._prepare(X, groups, inputs, times, reset=False)
-        device, dtype = self._device_dtype()
-        gen = self._generator(device, self._eval_seed + 4)
-        self.vae_.eval()
+        gen = self._generator(self._device_dtype()[0], self._eval_seed + 4)
         ess, khat = [], []
-        for idx in self._chunks(data.n_series):
-            batch = data.batch(idx, self.scaling_, self.dt, device, dtype)
-            log_w = self.vae_.evaluate(batch, self.n_eval_samples, gen)["log_w"]
+        for res in self._evaluations(data, self.n_eval_samples, gen):
+            log_w = res["log_w"]
             ess.append(effective_sample_size(log_w).cpu().numpy())
             khat.append(pareto_k(log_w.cpu().double().numpy()))
         ess = np.concatenate(ess).astype(np.float64) if ess else np.zeros(0)
