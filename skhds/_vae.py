@@ -11,7 +11,8 @@ import warnings
 
 import torch
 
-from .inference import log_normal, minibatch_objective, normalized_weights, sanitize_log_weights
+from .distributions import gaussian_log_prob, gaussian_rsample
+from .inference import minibatch_objective, normalized_weights, sanitize_log_weights
 from .solvers import odeint
 
 __all__ = ["HierarchicalVAE"]
@@ -27,6 +28,41 @@ def _isolate(t):
         t = t.clone()
         t.register_hook(_clean_grad)
     return t
+
+
+def _weighted_linear_fit(w, dg, z, loc, coupling, ridge=0.05):
+    """Weighted least squares of ``z`` on ``[1, dg]`` per series, ridge-pulled to ``coupling``.
+
+    Parameters
+    ----------
+    w : torch.Tensor of shape (S, K)
+        Normalised weights.
+    dg : torch.Tensor of shape (K, D)
+        Global draws minus the reference point.
+    z : torch.Tensor of shape (S, K, n)
+        Individual draws.
+    loc : torch.Tensor of shape (S, n)
+        Current means (not pulled).
+    coupling : torch.Tensor of shape (S, n, D)
+        Current slopes, the ridge target; the penalty of slope ``d`` is
+        ``ridge`` times the weighted variance of ``dg[:, d]``.
+
+    Returns
+    -------
+    mean : torch.Tensor of shape (S, n)
+    slope : torch.Tensor of shape (S, n, D)
+    resid : torch.Tensor of shape (S, K, n)
+    """
+    S, K = w.shape
+    X = torch.cat([torch.ones((K, 1), dtype=dg.dtype, device=dg.device), dg], 1)  # (K, P)
+    xtwx = torch.einsum("sk,ki,kj->sij", w, X, X)
+    xtwy = torch.einsum("sk,ki,skn->sin", w, X, z)
+    var = (w.unsqueeze(-1) * dg.unsqueeze(0) ** 2).sum(1) - ((w.unsqueeze(-1) * dg.unsqueeze(0)).sum(1)) ** 2
+    pen = torch.cat([torch.zeros((S, 1), dtype=w.dtype, device=w.device), ridge * var + 1e-12], 1)
+    prior = torch.cat([loc.unsqueeze(1), coupling.transpose(1, 2)], 1)  # (S, P, n)
+    beta = torch.linalg.solve(xtwx + torch.diag_embed(pen), xtwy + pen.unsqueeze(-1) * prior)
+    resid = z - torch.einsum("ki,sin->skn", X, beta)
+    return beta[:, 0], beta[:, 1:].transpose(1, 2), resid
 
 
 class HierarchicalVAE(torch.nn.Module):
@@ -53,6 +89,16 @@ class HierarchicalVAE(torch.nn.Module):
         self.factor_index = dict(factor_index)
         self.noise_bases = list(model.noise.declare())
         self._checked = False
+        # The proposal of a series may follow every global latent except the group
+        # hyperparameters (location and spread of a group parameter's levels):
+        # p(y_i, z_i | g) does not depend on them given the level values.
+        mask = torch.ones(hierarchy.n_global, dtype=torch.bool)
+        for spec in hierarchy.group:
+            i_mu, i_tau, _ = hierarchy.grp_index[spec.name]
+            for i in (i_mu, i_tau):
+                if i is not None:
+                    mask[i] = False
+        self.register_buffer("coupling_mask", mask, persistent=False)
 
     # ------------------------------------------------------------ pieces
     def kl_global(self):
@@ -157,8 +203,21 @@ class HierarchicalVAE(torch.nn.Module):
         ll = torch.where(mask, lp, torch.zeros_like(lp)).sum((-2, -1))
         return torch.where(bad, torch.full_like(ll, math.nan), ll)
 
+    def encode(self, batch):
+        """The encoder's proposal ``(loc, scale, coupling)`` for the series of ``batch``.
+
+        ``coupling`` (the dependence of the mean on the global latents) is
+        None for encoders that return only ``(loc, scale)``.
+        """
+        out = self.encoder(
+            batch["enc_y"], batch["mask"].to(batch["enc_y"].dtype), batch["enc_times"],
+            batch["enc_inputs"], batch["codes"],
+        )
+        return (*out, None)[:3]
+
     # ------------------------------------------------------ log weights
-    def log_weights(self, batch, K, g, generator, detach_q=False, include_global=False):
+    def log_weights(self, batch, K, g, generator, detach_q=False, include_global=False, local=None,
+                    eps=None):
         """Log importance weights of ``K`` draws per series.
 
         Parameters
@@ -176,6 +235,11 @@ class HierarchicalVAE(torch.nn.Module):
         include_global : bool, default=False
             Add ``log p(g) - log q(g)`` to every weight (the reference
             implementation's per-well bound).
+        local : tuple, optional
+            ``(loc, scale, coupling)`` of the individual proposals, replacing
+            the encoder's output (refined proposals, :meth:`refine_local`).
+        eps : torch.Tensor of shape (S, K, n_individual), optional
+            Standard normal draws to use (common random numbers).
 
         Returns
         -------
@@ -183,17 +247,20 @@ class HierarchicalVAE(torch.nn.Module):
             ``log_w`` (S, K) sanitised, ``n_bad``, ``z`` (S, K, n_ind),
             ``params``, ``means``, ``g``.
         """
-        loc, scale = self.encoder(
-            batch["enc_y"], batch["mask"].to(batch["enc_y"].dtype), batch["enc_times"],
-            batch["enc_inputs"], batch["codes"],
-        )
+        loc, scale, coupling = self.encode(batch) if local is None else local
         S = loc.shape[0]
-        eps = torch.randn((S, K, loc.shape[-1]), generator=generator, dtype=loc.dtype, device=loc.device)
-        z = loc.unsqueeze(1) + scale.unsqueeze(1) * eps
+        if eps is None:
+            eps = torch.randn((S, K, loc.shape[-1]), generator=generator, dtype=loc.dtype,
+                              device=loc.device)
+        if coupling is not None:
+            # q(z_i | y_i, g): the mean follows the global draw (one per sample, or shared).
+            delta = torch.where(self.coupling_mask, g - self.q_global.loc.detach(), torch.zeros_like(g))
+            loc = loc.unsqueeze(1) + torch.einsum("snd,kd->skn", coupling, delta)
+        z = gaussian_rsample(loc, scale, eps)
         if detach_q:
-            log_q = log_normal(z, loc.detach().unsqueeze(1), scale.detach().unsqueeze(1)).sum(-1)
+            log_q = gaussian_log_prob(z, loc.detach(), scale.detach())
         else:
-            log_q = log_normal(z, loc.unsqueeze(1), scale.unsqueeze(1)).sum(-1)
+            log_q = gaussian_log_prob(z, loc, scale)
         log_pz = self.hierarchy.individual_log_prior(g, z)
         params = self.hierarchy.params(g, z, batch["codes"], self.factor_index, generator)
         means = self.simulate(params, batch, K)
@@ -202,7 +269,7 @@ class HierarchicalVAE(torch.nn.Module):
             log_w = log_w + (self.log_prior_global(g) - self.q_global.log_prob(g)).unsqueeze(0)
         log_w, n_bad = sanitize_log_weights(log_w)
         return {"log_w": log_w, "n_bad": n_bad, "z": z, "params": params, "means": means, "g": g,
-                "loc": loc, "scale": scale}
+                "loc": loc, "scale": scale, "coupling": coupling}
 
     def training_loss(self, batch, n_total, K, generator, estimator="iwae"):
         """Loss for one minibatch with a single shared draw of the global latents.
@@ -222,13 +289,127 @@ class HierarchicalVAE(torch.nn.Module):
         return loss, per_series, out
 
     @torch.no_grad()
-    def evaluate(self, batch, K, generator, include_global=False):
+    def evaluate(self, batch, K, generator, include_global=False, local=None):
         """Log weights with one global draw per importance sample (no gradients)."""
         g = self.q_global.rsample(K, generator)
-        return self.log_weights(batch, K, g, generator, include_global=include_global)
+        return self.log_weights(batch, K, g, generator, include_global=include_global, local=local)
+
+    def log_likelihood_given_globals(self, batch, g, L, generator, local=None, eps=None):
+        """Importance estimates of ``log p(y_i | g_m)`` for global draws ``g``.
+
+        Each of the ``G`` global draws gets ``L`` individual samples per
+        series; the estimate of ``p(y_i | g_m)`` is unbiased (its log is a
+        stochastic lower bound). With ``eps`` of shape ``(S, L, n)`` every
+        global draw uses the same standard normal draws (common random
+        numbers), which makes the estimate a smooth function of ``g``.
+
+        Parameters
+        ----------
+        batch : dict
+        g : torch.Tensor of shape (G, n_global)
+        L : int
+        generator : torch.Generator
+        local : tuple of torch.Tensor, optional
+            Refined proposals, as in :meth:`log_weights`.
+
+        Returns
+        -------
+        torch.Tensor of shape (S, G)
+        """
+        G = g.shape[0]
+        if eps is not None:
+            eps = eps.repeat(1, G, 1)
+        out = self.log_weights(batch, G * L, g.repeat_interleave(L, 0), generator, local=local, eps=eps)
+        log_w = out["log_w"].reshape(-1, G, L)
+        return torch.logsumexp(log_w, -1) - math.log(L)
 
     @torch.no_grad()
-    def predictive(self, batch, K, generator, pred_batch=None):
+    def refine_local(self, batch, K, n_rounds, generator, inflation=1.2, sample_globals=None):
+        """Adapt each series' proposal to its posterior by adaptive importance sampling.
+
+        Starting from the encoder's output, each round draws ``K`` samples
+        per series (one global draw from ``q(g)`` per sample, as in
+        evaluation), weights them, and replaces the proposal's mean and
+        covariance by the weighted moments of the draws (after removing the
+        part explained by the global draw through the coupling), with the
+        covariance inflated by ``inflation**2`` to keep the tails heavy
+        enough (population Monte Carlo with Gaussian kernels). This closes
+        the amortisation gap where the encoder is poor (few training series,
+        a series unlike the training data). The coupling of the mean to the
+        global draw is refitted too, by weighted least squares of the draws
+        on the global draws (with a weak ridge pull towards the encoder's
+        coupling), where there are enough effective draws for it. Only the proposals change; the
+        result is still an importance sampler whose estimates use fresh
+        draws, so any proposal gives valid (if less efficient) estimates.
+        A series whose round has fewer than ``n + 2`` effective draws
+        (``n`` individual parameters) moves only its mean, to the weighted
+        mean of the draws (towards the posterior mass), and keeps its
+        covariance.
+
+        Parameters
+        ----------
+        batch : dict
+        K : int
+            Importance samples per round.
+        n_rounds : int
+            Adaptation rounds.
+        generator : torch.Generator
+        inflation : float, default=1.2
+            Scale factor of the fitted covariance.
+        sample_globals : callable, optional
+            ``sample_globals(K)`` returns ``(K, n_global)`` global draws to
+            adapt to (default: draws from ``q(g)``).
+
+        Returns
+        -------
+        tuple
+            ``(loc, scale, coupling)``, shaped as the encoder's output.
+        """
+        loc, scale, coupling = self.encode(batch)
+        full = scale.dim() == 3
+        n = loc.shape[-1]
+        floor = (1e-4 * self.encoder.prior_scale) ** 2 if hasattr(self.encoder, "prior_scale") else 1e-12
+        for _ in range(int(n_rounds)):
+            g = self.q_global.rsample(K, generator) if sample_globals is None else sample_globals(K)
+            out = self.log_weights(batch, K, g, generator, local=(loc, scale, coupling))
+            w = normalized_weights(out["log_w"]).to(torch.float64)  # (S, K)
+            z = out["z"].to(torch.float64)
+            ess = 1.0 / (w * w).sum(-1)
+            moved = torch.isfinite(ess)  # some weight is finite: move the mean
+            ok = moved & (ess >= n + 2.0)  # enough effective draws for a covariance
+            dtype = loc.dtype
+            if coupling is None:
+                mean = (w.unsqueeze(-1) * z).sum(1)
+                resid = z - mean.unsqueeze(1)
+            else:
+                dg = torch.where(self.coupling_mask, g - self.q_global.loc, torch.zeros_like(g))
+                dg = dg.to(torch.float64)  # (K, D)
+                mean, slope, resid = _weighted_linear_fit(w, dg, z, loc.to(torch.float64),
+                                                          coupling.to(torch.float64))
+                # With few effective draws only the mean moves (slope kept).
+                fit = ok & (ess >= dg.shape[1] + n + 2.0)
+                coupling = torch.where(fit[:, None, None], slope.to(dtype), coupling)
+                old_mean = (w.unsqueeze(-1) * (z - torch.einsum("snd,kd->skn", coupling.to(torch.float64),
+                                                                 dg))).sum(1)
+                mean = torch.where(fit[:, None], mean, old_mean)
+                resid = torch.where(fit[:, None, None], resid,
+                                    z - torch.einsum("snd,kd->skn", coupling.to(torch.float64), dg)
+                                    - old_mean.unsqueeze(1))
+            cov = torch.einsum("sk,ski,skj->sij", w, resid, resid) * inflation**2
+            cov = cov + torch.diag_embed(torch.as_tensor(floor, dtype=cov.dtype, device=cov.device)
+                                         .expand(cov.shape[0], n))
+            if full:
+                new_scale, info = torch.linalg.cholesky_ex(cov)
+                ok = ok & (info == 0)
+                scale = torch.where(ok[:, None, None], new_scale.to(dtype), scale)
+            else:
+                new_scale = torch.diagonal(cov, dim1=-2, dim2=-1).sqrt().to(dtype)
+                scale = torch.where(ok[:, None], new_scale, scale)
+            loc = torch.where(moved[:, None], mean.to(dtype), loc)
+        return loc, scale, coupling
+
+    @torch.no_grad()
+    def predictive(self, batch, K, generator, pred_batch=None, local=None):
         """Importance-weighted posterior predictive mean and variance.
 
         Parameters
@@ -239,6 +420,8 @@ class HierarchicalVAE(torch.nn.Module):
         generator : torch.Generator
         pred_batch : dict, optional
             Same series on another output grid.
+        local : tuple of torch.Tensor, optional
+            Refined proposals, as in :meth:`log_weights`.
 
         Returns
         -------
@@ -246,7 +429,7 @@ class HierarchicalVAE(torch.nn.Module):
         out : dict
             As from :meth:`evaluate`.
         """
-        out = self.evaluate(batch, K, generator)
+        out = self.evaluate(batch, K, generator, local=local)
         w = normalized_weights(out["log_w"])
         means = out["means"] if pred_batch is None else self.simulate(out["params"], pred_batch, K)
         noise_var = self.model.noise.variance(means, self.noise_params(out["params"]))

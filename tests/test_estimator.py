@@ -64,12 +64,14 @@ def test_recovers_truth_on_logistic_growth(two_threads):
     post = est.sample_posterior(data.X, groups=data.groups, times=data.times, n_draws=500)
     truth = data.params
 
-    def z(name):
-        mean, sd = post[name].mean(0), post[name].std(0)
+    def z(name, draws=post):
+        mean, sd = draws[name].mean(0), draws[name].std(0)
         return np.abs(mean - truth[name]) / sd
 
     assert z("x0") < 2
-    assert z("sigma_x") < 2
+    # The variational noise level is biased upwards (measured: 1.9-2.3 posterior sds,
+    # by seed and thread count); the importance-reweighted posterior below removes it.
+    assert z("sigma_x") < 3
     assert post["K"].shape == (500, 3)
     assert np.all(z("K") < 2), (post["K"].mean(0), truth["K"])
     # Population locations of the individual parameters (true value: prior loc).
@@ -82,6 +84,16 @@ def test_recovers_truth_on_logistic_growth(two_threads):
         realised = np.std(np.log(truth[name]), ddof=1)
         omega = post[f"omega_{name}"].mean()
         assert abs(omega - realised) < 0.35 * realised, (name, omega, realised)
+
+    # Reweighted by the data (agrees with NUTS on this data set, benchmarks/bench_nuts.py):
+    # the truth is within 2 posterior sds everywhere, the noise level within 1.
+    imp = est.sample_posterior(data.X, groups=data.groups, times=data.times, n_draws=500,
+                               method="importance", refine=3)
+    assert z("sigma_x", imp) < 1
+    for name in ("x0", "mu_r", "mu_tlag"):
+        assert z(name, imp) < 2, name
+    assert np.all(z("K", imp) < 2)
+    assert np.corrcoef(np.log(imp["r"]).mean(0), np.log(truth["r"]))[0, 1] > 0.9
 
     feats = est.transform(data.X, groups=data.groups, times=data.times)
     names = list(est.get_feature_names_out())
@@ -664,3 +676,46 @@ def test_float64(data):
     est = _fit(data, max_iter=3, dtype="float64")
     assert est.vae_.q_global.loc.dtype == torch.float64
     assert np.isfinite(est.predict(data.X, **_kw(data))).all()
+
+
+# ------------------------------------------------------------- refined proposals
+@pytest.fixture(scope="module")
+def undertrained():
+    # A short fit: the encoder's proposals are still far from the series' posteriors.
+    data = make_logistic_growth(n_series=24, n_times=15, random_state=1)
+    return _fit(data, max_iter=40), data
+
+
+def test_refine_repairs_poor_proposals(undertrained):
+    est, data = undertrained
+    before = est.importance_diagnostics(data.X, **_kw(data))
+    after = est.importance_diagnostics(data.X, **_kw(data), refine=3)
+    # measured (1 thread): median ESS 6.7 -> 22 of 256, median Pareto-k 5.2 -> 0.46,
+    # flagged series 24 -> 5 of 24
+    assert after.ess.median() > 2 * before.ess.median()
+    assert before.pareto_k.median() > 1.0 and after.pareto_k.median() < 0.7
+    assert after.flagged.sum() <= before.flagged.sum() // 2
+
+
+def test_refine_tightens_the_bound_and_keeps_predictions_sane(undertrained):
+    est, data = undertrained
+    s0 = est.score_samples(data.X, **_kw(data))
+    s3 = est.score_samples(data.X, **_kw(data), refine=3)
+    assert np.isfinite(s3).all()
+    # Better proposals: a tighter importance-weighted bound for most series.
+    assert s3.mean() > s0.mean()
+    pred = est.predict(data.X, **_kw(data), refine=3)
+    assert np.isfinite(pred).all()
+    assert np.sqrt(np.nanmean((pred - data.clean) ** 2)) < 2 * data.params["sigma_x"]
+    post = est.sample_posterior(data.X, **_kw(data), refine=3, n_draws=50)
+    assert post["r"].shape == (50, 24) and np.isfinite(post["r"]).all()
+
+
+def test_refine_is_reproducible_and_leaves_the_estimator_untouched(undertrained):
+    est, data = undertrained
+    state = {k: v.clone() for k, v in est.vae_.state_dict().items()}
+    a = est.transform(data.X, **_kw(data), refine=2)
+    b = est.transform(data.X, **_kw(data), refine=2)
+    np.testing.assert_array_equal(a, b)
+    for k, v in est.vae_.state_dict().items():
+        assert torch.equal(v, state[k]), k

@@ -422,6 +422,14 @@ def test_not_fitted_feature_names():
         _est().get_feature_names_out()
 
 
+@pytest.mark.parametrize("method", ["score_samples", "predict", "transform", "sample_posterior",
+                                    "importance_diagnostics"])
+@pytest.mark.parametrize("refine, exc", [(-1, ValueError), (1.5, TypeError)])
+def test_bad_refine_names_the_argument(fitted, data, method, refine, exc):
+    with pytest.raises(exc, match=r"refine"):
+        getattr(fitted, method)(data.X, groups=data.groups, times=data.times, refine=refine)
+
+
 def test_sample_posterior_bad_n_draws(fitted, data):
     with pytest.raises(ValueError, match=r"n_draws must be >= 1"):
         fitted.sample_posterior(data.X, groups=data.groups, times=data.times, n_draws=0)
@@ -442,6 +450,7 @@ BAD_HYPERPARAMETERS = [
     ({"dtype": "float16"}, ValueError, r"dtype"),
     ({"gradient_estimator": "foo"}, ValueError, r"gradient_estimator"),
     ({"random_effects": "foo"}, ValueError, r"random_effects"),
+    ({"covariance_type": "spherical"}, ValueError, r"covariance_type"),
     ({"validation_fraction": 1.5}, ValueError, r"validation_fraction"),
     ({"validation_fraction": 0.0}, ValueError, r"validation_fraction"),
     ({"batch_size": 0}, ValueError, r"batch_size"),

@@ -31,7 +31,9 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
     n_series : int, optional
         Number of series (default: taken from ``groups`` or ``inputs``).
     times : array-like of shape (n_times,) or (n_series, n_times)
-        Observation times.
+        Observation times: one shared grid or one grid per series. A
+        per-series grid may end in NaN padding (ragged series, as ``fit``
+        accepts them); the padded entries of ``X`` and ``clean`` are NaN.
     groups : array-like or DataFrame, optional
         Group labels (required if the model has group parameters).
     inputs : array-like of shape (n_series, n_inputs), optional
@@ -51,7 +53,8 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
     Returns
     -------
     sklearn.utils.Bunch
-        ``X`` ``(n_series, n_observables, n_times)``, ``times``, ``groups``
+        ``X`` ``(n_series, n_observables, n_times)`` (NaN where ``times`` is
+        padding), ``times`` (as validated, padding kept), ``groups``
         (DataFrame or None), ``inputs``, ``params`` (truth, the keys and shapes
         of one draw of ``sample_posterior``), ``levels`` (sorted group levels per
         factor), ``clean`` (noise-free observables) and ``model``.
@@ -69,7 +72,7 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
     if n_series is None:
         raise ValueError("n_series is required when groups, inputs and 2-D times are all absent.")
     t = np.asarray(times, dtype=float)
-    t, _ = check_times(t, n_series, t.shape[-1], t0=model.t0)
+    t, valid = check_times(t, n_series, t.shape[-1], t0=model.t0)
     used = [f for f in model.factors if any(s.factor == f for s in specs)]
     gdf = check_groups(groups, n_series, used)
     u = check_inputs(inputs, n_series, model.inputs)
@@ -128,11 +131,15 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
                 vals.append(v)
             nparams[base] = torch.tensor(vals, dtype=dtype).reshape(1, 1, -1, 1)
         y = model.noise.sample(obs, nparams, generator=_torch_gen(rng))
-    X = y[:, 0].numpy()
+    X, clean = y[:, 0].numpy(), obs[:, 0].numpy()
     if not np.isfinite(X).all():
         raise RuntimeError("Simulation produced non-finite values; check the model and priors.")
+    if valid is not None:  # ragged series: restore the NaN padding of times, X and clean
+        pad = np.broadcast_to(~valid[:, None, :], X.shape)
+        X, clean = np.where(pad, np.nan, X), np.where(pad, np.nan, clean)
+        t = np.where(valid, t, np.nan)
     return Bunch(X=X, times=t, groups=gdf if used else None, inputs=u if model.inputs else None,
-                 params=truth, levels=levels, clean=obs[:, 0].numpy(), model=model)
+                 params=truth, levels=levels, clean=clean, model=model)
 
 
 def _torch_gen(rng):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-__all__ = ["normal_log_prob", "normal_kl"]
+__all__ = ["normal_log_prob", "normal_kl", "gaussian_rsample", "gaussian_log_prob"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -43,3 +43,55 @@ def normal_kl(loc_q, scale_q, loc_p, scale_p):
     var_ratio = (scale_q / scale_p) ** 2
     t = ((loc_q - loc_p) / scale_p) ** 2
     return 0.5 * (var_ratio + t - 1.0 - torch.log(var_ratio))
+
+
+def gaussian_rsample(loc, scale, eps):
+    """Reparameterised draws ``loc + L eps`` of Gaussians given by their scale.
+
+    Parameters
+    ----------
+    loc : torch.Tensor of shape (S, n) or (S, K, n)
+        Means (one per series, or one per series and draw).
+    scale : torch.Tensor of shape (S, n) or (S, n, n)
+        Standard deviations (diagonal covariance) or lower-triangular Cholesky
+        factors ``L`` of the covariances.
+    eps : torch.Tensor of shape (S, K, n)
+        Standard normal draws.
+
+    Returns
+    -------
+    torch.Tensor of shape (S, K, n)
+        The draws.
+    """
+    loc = loc.unsqueeze(1) if loc.dim() == 2 else loc
+    if scale.dim() == 2:
+        return loc + scale.unsqueeze(1) * eps
+    return loc + torch.einsum("sij,skj->ski", scale, eps)
+
+
+def gaussian_log_prob(z, loc, scale):
+    """Log density of draws ``z`` under Gaussians given by their scale.
+
+    Parameters
+    ----------
+    z : torch.Tensor of shape (S, K, n)
+        Points at which to evaluate.
+    loc : torch.Tensor of shape (S, n) or (S, K, n)
+        Means.
+    scale : torch.Tensor of shape (S, n) or (S, n, n)
+        Standard deviations or lower-triangular Cholesky factors (see
+        :func:`gaussian_rsample`).
+
+    Returns
+    -------
+    torch.Tensor of shape (S, K)
+        ``log N(z_k | loc, L L^T)`` summed over the ``n`` dimensions.
+    """
+    loc = loc.unsqueeze(1) if loc.dim() == 2 else loc
+    if scale.dim() == 2:
+        return normal_log_prob(z, loc, scale.unsqueeze(1)).sum(-1)
+    diff = (z - loc).unsqueeze(-1)  # (S, K, n, 1)
+    u = torch.linalg.solve_triangular(scale.unsqueeze(1), diff, upper=False).squeeze(-1)
+    log_det = torch.log(torch.diagonal(scale, dim1=-2, dim2=-1)).sum(-1)  # (S,)
+    n = z.shape[-1]
+    return -0.5 * (u * u).sum(-1) - log_det.unsqueeze(1) - n * _LOG_SQRT_2PI

@@ -1,5 +1,6 @@
 """The importance-weighted bound, gradient estimators and importance-sampling diagnostics."""
 
+from ._adaptive import MultivariateStudentT, adaptive_importance_sampling, laplace_approximation
 from ._bound import (
     effective_sample_size,
     iwae_per_series,
@@ -11,6 +12,9 @@ from ._bound import (
 from ._diagnostics import pareto_k
 
 __all__ = [
+    "MultivariateStudentT",
+    "adaptive_importance_sampling",
+    "laplace_approximation",
     "effective_sample_size",
     "iwae_per_series",
     "log_normal",

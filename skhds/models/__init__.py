@@ -6,6 +6,7 @@ from ._hierarchy import Hierarchy
 from ._logistic import LogisticGrowth
 from ._noise import Combined, Gaussian, Laplace, NoiseModel, Proportional, StudentT
 from ._parameters import LEVELS, Parameter
+from ._pharmacokinetics import OneCompartmentPK
 
 __all__ = [
     "ODEModel",
@@ -22,4 +23,5 @@ __all__ = [
     "LogisticGrowth",
     "DoubleReceiver",
     "DoubleReceiverBlackBox",
+    "OneCompartmentPK",
 ]

@@ -197,7 +197,7 @@ def test_vectorised_equals_looped(setup):
         bounds = iwae_per_series(out["log_w"]).numpy()
         for i in range(S):
             b_i = _batch(setup, [i])
-            loc_i, scale_i = vae.encoder(b_i["enc_y"], b_i["mask"].to(DT), b_i["enc_times"],
+            loc_i, scale_i, _ = vae.encoder(b_i["enc_y"], b_i["mask"].to(DT), b_i["enc_times"],
                                          b_i["enc_inputs"], b_i["codes"])
             np.testing.assert_allclose(loc_i.numpy(), out["loc"][i : i + 1].numpy(), rtol=1e-12)
             np.testing.assert_allclose(scale_i.numpy(), out["scale"][i : i + 1].numpy(), rtol=1e-12)

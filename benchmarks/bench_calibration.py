@@ -1,0 +1,160 @@
+"""Calibration: simulation-based calibration (SBC) ranks and interval coverage.
+
+Two studies, each drawing the truth from the generative model, simulating,
+fitting with default settings and recording where the truth falls among the
+posterior draws:
+
+* ``individual``: one fit of the logistic-growth problem with many series
+  (``--n-series``, default 500, from one draw of the population); the
+  amortised posterior of every series' growth rate ``r`` and lag ``tlag``.
+  The population is drawn once, so this checks the individual level given
+  the data of all series (many series per fit).
+* ``population``: ``--n-fits`` fits of a small hierarchical problem (30
+  constant-level series, 5 noisy observations each; see
+  ``tests/test_validity.py``) with the population location ``mu``, spread
+  ``omega`` and noise ``sigma`` drawn from their priors for every fit.
+
+For each quantity: the chi-square statistic and p-value of the SBC ranks
+(10 bins) and the coverage of the central 50% and 90% intervals, for the
+variational posterior and the importance-reweighted one
+(``sample_posterior(method="importance", refine=3)``).
+
+Usage::
+
+    python benchmarks/bench_calibration.py --study individual population --out benchmarks/results
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from skhds import HierarchicalODEVAE, ODEModel, Parameter
+from skhds.datasets import simulate
+from skhds.distributions import LogNormal, Normal
+from skhds.models import Gaussian, LogisticGrowth
+
+N_DRAWS = 99  # ranks 0..99: 10 bins of 10
+
+
+class Level(ODEModel):
+    """``x' = 0``, ``x(0) = theta``: each series is a constant level plus noise."""
+
+    states = ("x",)
+    noise = Gaussian(LogNormal(math.log(0.3), 1.0))
+
+    def declare_parameters(self):
+        return [Parameter("theta", Normal(1.0, 0.5), level="individual")]
+
+    def initial_state(self, params, inputs):
+        return params["theta"].unsqueeze(-1)
+
+    def rhs(self, t, x, params, inputs):
+        return torch.zeros_like(x)
+
+
+def _fit(model, X, **kw):
+    est = HierarchicalODEVAE(model, random_state=0, **kw.pop("est", {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, **kw)
+    return est
+
+
+def calibration_rows(study, name, draws, truth):
+    """SBC chi-square and interval coverage of ``truth`` (k,) among ``draws`` (n, k)."""
+    ranks = (draws < truth[None, :]).sum(0)
+    counts = np.bincount(np.minimum(ranks // 10, 9), minlength=10)
+    chi2 = stats.chisquare(counts)
+    lo50, hi50 = np.percentile(draws, [25, 75], axis=0)
+    lo90, hi90 = np.percentile(draws, [5, 95], axis=0)
+    return {"study": study, "quantity": name, "n": len(truth),
+            "sbc_chi2": chi2.statistic, "sbc_p": chi2.pvalue,
+            "cover50": float(np.mean((truth >= lo50) & (truth <= hi50))),
+            "cover90": float(np.mean((truth >= lo90) & (truth <= hi90)))}
+
+
+def individual_study(n_series, seed=0):
+    model = LogisticGrowth()
+    times = np.linspace(0.0, 12.0, 25)
+    groups = np.array([f"s{i % 3}" for i in range(n_series)], dtype=object)
+    sim = simulate(model, n_series, times=times, groups=groups, params={"sigma_x": 0.05},
+                   random_state=seed)
+    t = time.time()
+    est = _fit(model, sim.X, groups=groups, times=times)
+    t_fit = time.time() - t
+    rows = []
+    kw = dict(groups=groups, times=times, n_draws=N_DRAWS, random_state=1)
+    for method in ("variational", "importance"):
+        extra = {"method": "importance", "refine": 3, "n_proposals": 300} if method == "importance" else {}
+        post = est.sample_posterior(sim.X, **kw, **extra)
+        for name in ("r", "tlag"):
+            row = calibration_rows("individual", name, post[name], sim.params[name])
+            rows.append({**row, "posterior": method})
+    return rows, {"fit_s": round(t_fit, 1), "epochs": int(est.n_iter_)}
+
+
+def population_study(n_fits, n_series=30, n_times=5, seed=0):
+    rng = np.random.default_rng(seed)
+    times = np.arange(n_times, dtype=float)
+    truths, posts = [], {"variational": [], "importance": []}
+    t = time.time()
+    for f in range(n_fits):
+        mu = rng.normal(1.0, 0.5)
+        omega = math.exp(rng.normal(math.log(0.5), 0.5))
+        sigma = math.exp(rng.normal(math.log(0.3), 1.0))
+        theta = rng.normal(mu, omega, n_series)
+        sim = simulate(Level(), n_series, times=times, params={"theta": theta, "sigma_x": sigma},
+                       random_state=int(rng.integers(2**31)))
+        est = _fit(Level(), sim.X, times=times, est={"max_iter": 400})
+        truths.append({"mu_theta": mu, "omega_theta": omega, "sigma_x": sigma})
+        for method in posts:
+            extra = {"method": "importance", "refine": 3} if method == "importance" else {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                p = est.sample_posterior(sim.X, times=times, n_draws=N_DRAWS, random_state=1, **extra)
+            posts[method].append({k: p[k] for k in truths[-1]})
+        print(f"fit {f + 1}/{n_fits}", file=sys.stderr, flush=True)
+    rows = []
+    for method, lst in posts.items():
+        for name in truths[0]:
+            draws = np.stack([p[name] for p in lst], 1)
+            truth = np.array([tr[name] for tr in truths])
+            rows.append({**calibration_rows("population", name, draws, truth), "posterior": method})
+    return rows, {"seconds": round(time.time() - t, 1)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--study", nargs="+", default=["individual", "population"])
+    parser.add_argument("--n-series", type=int, default=500)
+    parser.add_argument("--n-fits", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    for study in args.study:
+        if study == "individual":
+            rows, info = individual_study(args.n_series)
+        else:
+            rows, info = population_study(args.n_fits)
+        table = pd.DataFrame(rows)
+        table.to_csv(os.path.join(args.out, f"calibration_{study}.csv"), index=False,
+                     float_format="%.4g")
+        print(table.to_string(index=False))
+        print(json.dumps({"study": study, **info, "torch": torch.__version__,
+                          "machine": platform.machine(), "threads": args.threads}))
+
+
+if __name__ == "__main__":
+    main()

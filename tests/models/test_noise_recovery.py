@@ -1,0 +1,215 @@
+"""Recovery of the noise parameters of every noise model from data simulated with it.
+
+Each noise model simulates a seeded hierarchical logistic-growth problem
+(individual growth rate, carrying capacity per strain, shared initial density)
+with known noise parameters. ``HierarchicalODEVAE`` with that noise model is
+fitted to 48 of the series, and its posterior of the noise parameters must
+recover the truth. The other 24 series are held out for the discriminating
+checks: the right noise model must beat additive Gaussian error in held-out
+score on proportional data and on heavy-tailed data with outliers.
+
+The model has no lag term. With the lag, the amortised posterior of the
+individual parameters is harder to learn in a short fit, and the leftover misfit
+inflates every noise scale by about 7-17 % (measured at 300-1200 epochs). That
+would blur the checks below. Without the lag, the fitted scales land within a
+few percent of the truth.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from skhds import HierarchicalODEVAE
+from skhds.datasets import simulate
+from skhds.models import Combined, Gaussian, Laplace, LogisticGrowth, Proportional, StudentT
+
+N_TRAIN, N_TEST, N_TIMES = 48, 24, 20
+TIMES = np.linspace(0.0, 12.0, N_TIMES)
+GROUPS = np.array([f"s{i % 3}" for i in range(N_TRAIN + N_TEST)], dtype=object)
+TRAIN, TEST = slice(0, N_TRAIN), slice(N_TRAIN, None)
+DF = 3.0  # Student-t degrees of freedom: heavy tails (no finite fourth moment)
+
+# name -> (noise model factory, true noise parameters, data seed)
+CASES = {
+    "gaussian": (Gaussian, {"sigma_x": 0.05}, 0),
+    "proportional": (Proportional, {"b_x": 0.25}, 1),
+    "combined": (Combined, {"a_x": 0.02, "b_x": 0.15}, 2),
+    "laplace": (Laplace, {"scale_x": 0.05}, 3),
+    "student": (lambda: StudentT(df=DF), {"sigma_x": 0.05}, 4),
+}
+
+# A short fixed budget (about 4 s per fit on one thread). First, small minibatches at
+# a high learning rate. Then a few epochs at a lower rate, so the final state is not
+# a snapshot of constant-rate Adam noise. Without the second stage, the Laplace scale
+# (non-smooth density) jumped by up to +25 % between epochs.
+FIT = dict(max_iter=100, n_iter_no_change=10_000, learning_rate=0.02, batch_size=16,
+           random_state=0)
+ANNEAL = dict(max_iter=30, learning_rate=0.004, warm_start=True)
+
+
+def _model(noise):
+    return LogisticGrowth(lag=False, noise=noise)
+
+
+def _data(case):
+    factory, truth, seed = CASES[case]
+    return simulate(_model(factory()), times=TIMES, groups=GROUPS, params=truth,
+                    random_state=seed)
+
+
+def _outlier_data():
+    """Student-t data plus gross one-sided outliers: 5 % of the points raised by 0.3-0.6."""
+    data = _data("student")
+    rng = np.random.default_rng(0)
+    hit = rng.random(data.X.shape) < 0.05
+    data.X = data.X + hit * rng.uniform(0.3, 0.6, data.X.shape)
+    return data
+
+
+def _fit(data, noise):
+    est = HierarchicalODEVAE(_model(noise), **FIT)
+    kw = dict(groups=data.groups[TRAIN], times=TIMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fixed budget on purpose
+        est.fit(data.X[TRAIN], **kw)
+        est.set_params(**ANNEAL).fit(data.X[TRAIN], **kw)
+    return est
+
+
+@pytest.fixture(scope="module")
+def fits():
+    """Estimators fitted on first use, keyed by (dataset, noise model), shared by the module."""
+    cache = {}
+
+    def get(data_case, model_case):
+        key = (data_case, model_case)
+        if key not in cache:
+            data = _outlier_data() if data_case == "outliers" else _data(data_case)
+            cache[key] = (data, _fit(data, CASES[model_case][0]()))
+        return cache[key]
+
+    return get
+
+
+def _oracle_mle(noise, X, clean, start):
+    """Noise parameters maximising the model's own log density given the true curves."""
+    y = torch.as_tensor(X, dtype=torch.float64)[:, None]  # (S, 1, n_obs, T)
+    mean = torch.as_tensor(clean, dtype=torch.float64)[:, None]
+    log_p = {k: torch.tensor(np.log(v) + 0.5, dtype=torch.float64, requires_grad=True)
+             for k, v in start.items()}  # start 65 % above the truth
+    opt = torch.optim.Adam(list(log_p.values()), lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        params = {k.removesuffix("_x"): v.exp().reshape(1, 1, 1, 1) for k, v in log_p.items()}
+        loss = -noise.log_prob(y, mean, params).mean()
+        loss.backward()
+        opt.step()
+    return {k: float(v.detach().exp()) for k, v in log_p.items()}
+
+
+# ------------------------------------------------------------------ simulation side
+@pytest.mark.parametrize("case", list(CASES))
+def test_simulate_draws_from_the_noise_model(case, monkeypatch):
+    # simulate must draw the observation noise with the noise model's sample(),
+    # using the noise parameters fixed in params, and report them as the truth.
+    factory, truth, seed = CASES[case]
+    noise = factory()
+    calls = []
+    original = type(noise).sample
+
+    def spy(self, mean, params, generator=None):
+        calls.append({k: v.flatten().tolist() for k, v in params.items()})
+        return original(self, mean, params, generator=generator)
+
+    monkeypatch.setattr(type(noise), "sample", spy)
+    data = simulate(_model(noise), times=TIMES, groups=GROUPS, params=truth, random_state=seed)
+    assert calls == [{k.removesuffix("_x"): [v] for k, v in truth.items()}]
+    assert all(data.params[k] == v for k, v in truth.items())
+    assert not np.array_equal(data.X, data.clean)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_simulated_residuals_match_the_log_density(case):
+    # Sampler and density agree: maximising the model's own log_prob over the noise
+    # parameters, with the noise-free curves known (an oracle, no ODE fit), recovers
+    # the truth. This catches a sampler and a density that read a parameter
+    # differently (a Laplace scale taken for an sd is off by sqrt(2); a Student-t sigma
+    # taken for an sd is off by sqrt(3) at df=3).
+    # Measured oracle / truth on the 72 series x 20 times: gaussian 0.960,
+    # proportional 0.986, combined a 0.973 and b 1.017, laplace 0.979, student 1.013.
+    factory, truth, _ = CASES[case]
+    data = _data(case)
+    mle = _oracle_mle(factory(), data.X, data.clean, truth)
+    for name, value in truth.items():
+        assert abs(mle[name] / value - 1) < 0.08, (name, mle[name], value)
+
+
+# -------------------------------------------------------------------- fit recovery
+# Measured at these seeds: posterior mean / truth and z = (mean - truth) / posterior sd:
+#   gaussian sigma 0.987 (z -0.3)   proportional b 1.015 (+0.2)
+#   combined a 0.990 (-0.1), b 1.039 (+0.6)   laplace scale 1.029 (+0.5)
+#   student sigma 1.051 (+1.0)
+# At three other seeds (two other datasets, one other estimator seed), |mean / truth - 1|
+# stayed below 0.11. The exceptions: combined a reached 1.205, which matches its oracle
+# (1.20) on that draw, and one Student-t fit failed at 1.38 (oracle 1.03).
+# Mistakes patched into _noise.py move these fits well outside the tolerance:
+#   Laplace log_prob reads scale as sd      1.56    Laplace sample reads scale as sd  0.78
+#   Student-t log_prob reads sigma as sd    1.85    Student-t sample reads it as sd   0.70
+#   Proportional log_prob sd b|y| not b|f|  1.21    Proportional sample additive      0.50
+#   Combined log_prob sd a + b|f|           a 0.70  Gaussian log_prob sigma as var    0.09
+REL_TOL = 0.15
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_recovers_noise_parameters(case, fits):
+    data, est = fits(case, case)
+    summary = est.summary_.set_index("parameter")
+    for name, value in CASES[case][1].items():
+        row = summary.loc[name]
+        # The truth lies within 3 posterior sd of the posterior mean. The sd is 4-8 % of
+        # the truth here (the short fit leaves it about twice the asymptotic standard
+        # error), so this alone would let a 20 % error through. Hence the second check.
+        assert abs(row["mean"] - value) < 3 * row["sd"], (name, row["mean"], row["sd"], value)
+        assert abs(row["mean"] / value - 1) < REL_TOL, (name, row["mean"], value)
+
+
+# --------------------------------------------------------------- discriminating checks
+def _log_r_hat(data, est):
+    """Posterior means of the growth rates of the training series, log scale."""
+    feats = est.transform(data.X[TRAIN], groups=data.groups[TRAIN], times=TIMES)
+    return np.log(feats[:, list(est.get_feature_names_out()).index("r")])
+
+
+def _held_out_score(data, est):
+    return est.score(data.X[TEST], groups=data.groups[TEST], times=TIMES)
+
+
+def test_proportional_beats_additive_on_proportional_data(fits):
+    # Measured held-out score (mean log density per series): Proportional 8.82 vs
+    # Gaussian 1.32, a gap of 7.5 (4.7-7.4 at three other seeds).
+    data, right = fits("proportional", "proportional")
+    _, wrong = fits("proportional", "gaussian")
+    s_right, s_wrong = _held_out_score(data, right), _held_out_score(data, wrong)
+    assert s_right > s_wrong + 3.0, (s_right, s_wrong)
+
+
+def test_student_t_beats_gaussian_on_heavy_tailed_data_with_outliers(fits):
+    # Measured held-out score: StudentT 15.76 vs Gaussian 10.62, a gap of 5.1 (3.3-6.0 at
+    # three other seeds).
+    data, right = fits("outliers", "student")
+    _, wrong = fits("outliers", "gaussian")
+    s_right, s_wrong = _held_out_score(data, right), _held_out_score(data, wrong)
+    assert s_right > s_wrong + 2.0, (s_right, s_wrong)
+    # Growth rates. The robust likelihood follows the bulk of each series, not its
+    # outliers. Measured mean |log r error|: 0.039 vs 0.083 with a diagonal proposal
+    # blind to the global latents; 0.047 vs 0.053 with the full-covariance, coupled
+    # proposal (which serves the Gaussian fit better too).
+    log_r = np.log(data.params["r"][TRAIN])
+    hat_right, hat_wrong = _log_r_hat(data, right), _log_r_hat(data, wrong)
+    err_right, err_wrong = (np.mean(np.abs(h - log_r)) for h in (hat_right, hat_wrong))
+    assert err_right < err_wrong, (err_right, err_wrong)
+    # (The population mean growth rate is not compared: which fit is less biased
+    # depends on the seed, 0.002-0.039 for StudentT and 0.002-0.095 for Gaussian.)
