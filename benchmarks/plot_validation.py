@@ -62,10 +62,13 @@ def plot_recovery(path, out):
                ("relerr_omega_r", "relative error of omega_r"),
                ("relerr_sigma", "relative error of sigma")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8))
+    if "posterior" not in table:
+        table["posterior"] = "variational"
     for ax, (col, title) in zip(axes, metrics):
-        for noise, sub in table.groupby("noise"):
+        for (noise, method), sub in table.groupby(["noise", "posterior"]):
             sub = sub.groupby("n_series")[col].mean()
-            ax.plot(sub.index, sub.values, "o-", label=f"noise {noise:g}")
+            ls = "--" if method == "variational" else "-"
+            ax.plot(sub.index, sub.values, "o" + ls, label=f"noise {noise:g}, {method}")
         ax.set_xscale("log")
         ax.set_xlabel("number of series")
         ax.set_title(title, fontsize=9)

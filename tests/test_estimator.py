@@ -88,7 +88,7 @@ def test_recovers_truth_on_logistic_growth(two_threads):
     # Reweighted by the data (agrees with NUTS on this data set, benchmarks/bench_nuts.py):
     # the truth is within 2 posterior sds everywhere, the noise level within 1.
     imp = est.sample_posterior(data.X, groups=data.groups, times=data.times, n_draws=500,
-                               method="importance", refine=3)
+                               method="importance", refine=3, n_proposals=400)
     assert z("sigma_x", imp) < 1
     for name in ("x0", "mu_r", "mu_tlag"):
         assert z(name, imp) < 2, name
