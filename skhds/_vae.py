@@ -30,8 +30,10 @@ def _isolate(t):
     return t
 
 
-def _weighted_linear_fit(w, dg, z, loc, coupling, ridge=0.05):
-    """Weighted least squares of ``z`` on ``[1, dg]`` per series, ridge-pulled to ``coupling``.
+def _weighted_slopes(w, dg, z, coupling, ridge=0.05):
+    """Slopes of the weighted least squares of ``z`` on ``[1, dg]`` per series.
+
+    The intercept is free; the slopes are pulled towards ``coupling`` (ridge).
 
     Parameters
     ----------
@@ -41,17 +43,13 @@ def _weighted_linear_fit(w, dg, z, loc, coupling, ridge=0.05):
         Global draws minus the reference point.
     z : torch.Tensor of shape (S, K, n)
         Individual draws.
-    loc : torch.Tensor of shape (S, n)
-        Current means (not pulled).
     coupling : torch.Tensor of shape (S, n, D)
         Current slopes, the ridge target; the penalty of slope ``d`` is
         ``ridge`` times the weighted variance of ``dg[:, d]``.
 
     Returns
     -------
-    mean : torch.Tensor of shape (S, n)
-    slope : torch.Tensor of shape (S, n, D)
-    resid : torch.Tensor of shape (S, K, n)
+    torch.Tensor of shape (S, n, D)
     """
     S, K = w.shape
     X = torch.cat([torch.ones((K, 1), dtype=dg.dtype, device=dg.device), dg], 1)  # (K, P)
@@ -59,10 +57,9 @@ def _weighted_linear_fit(w, dg, z, loc, coupling, ridge=0.05):
     xtwy = torch.einsum("sk,ki,skn->sin", w, X, z)
     var = (w.unsqueeze(-1) * dg.unsqueeze(0) ** 2).sum(1) - ((w.unsqueeze(-1) * dg.unsqueeze(0)).sum(1)) ** 2
     pen = torch.cat([torch.zeros((S, 1), dtype=w.dtype, device=w.device), ridge * var + 1e-12], 1)
-    prior = torch.cat([loc.unsqueeze(1), coupling.transpose(1, 2)], 1)  # (S, P, n)
+    prior = torch.cat([torch.zeros_like(z[:, :1, :]), coupling.transpose(1, 2)], 1)  # (S, P, n)
     beta = torch.linalg.solve(xtwx + torch.diag_embed(pen), xtwy + pen.unsqueeze(-1) * prior)
-    resid = z - torch.einsum("ki,sin->skn", X, beta)
-    return beta[:, 0], beta[:, 1:].transpose(1, 2), resid
+    return beta[:, 1:].transpose(1, 2)
 
 
 class HierarchicalVAE(torch.nn.Module):
@@ -378,23 +375,18 @@ class HierarchicalVAE(torch.nn.Module):
             moved = torch.isfinite(ess)  # some weight is finite: move the mean
             ok = moved & (ess >= n + 2.0)  # enough effective draws for a covariance
             dtype = loc.dtype
-            if coupling is None:
-                mean = (w.unsqueeze(-1) * z).sum(1)
-                resid = z - mean.unsqueeze(1)
-            else:
+            if coupling is not None:
                 dg = torch.where(self.coupling_mask, g - self.q_global.loc, torch.zeros_like(g))
                 dg = dg.to(torch.float64)  # (K, D)
-                mean, slope, resid = _weighted_linear_fit(w, dg, z, loc.to(torch.float64),
-                                                          coupling.to(torch.float64))
-                # With few effective draws only the mean moves (slope kept).
+                slope = _weighted_slopes(w, dg, z, coupling.to(torch.float64))
+                # With few effective draws the slope is kept and only the mean moves.
                 fit = ok & (ess >= dg.shape[1] + n + 2.0)
                 coupling = torch.where(fit[:, None, None], slope.to(dtype), coupling)
-                old_mean = (w.unsqueeze(-1) * (z - torch.einsum("snd,kd->skn", coupling.to(torch.float64),
-                                                                 dg))).sum(1)
-                mean = torch.where(fit[:, None], mean, old_mean)
-                resid = torch.where(fit[:, None, None], resid,
-                                    z - torch.einsum("snd,kd->skn", coupling.to(torch.float64), dg)
-                                    - old_mean.unsqueeze(1))
+                z = z - torch.einsum("snd,kd->skn", coupling.to(torch.float64), dg)
+            # The weighted mean of the draws net of the coupling: with an unpenalised
+            # intercept this is also the least-squares intercept.
+            mean = (w.unsqueeze(-1) * z).sum(1)
+            resid = z - mean.unsqueeze(1)
             cov = torch.einsum("sk,ski,skj->sij", w, resid, resid) * inflation**2
             cov = cov + torch.diag_embed(torch.as_tensor(floor, dtype=cov.dtype, device=cov.device)
                                          .expand(cov.shape[0], n))
