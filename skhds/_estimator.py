@@ -616,25 +616,34 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 local = self.vae_.refine_local(batch, self.n_eval_samples, refine, gen)
             yield idx, batch, local
 
-    def _evaluations(self, data, K, gen, refine=0):
+    def _evaluations(self, data, K, gen, refine=0, include_global=False):
         """Evaluate the importance weights of ``data`` chunk by chunk (no gradients)."""
         for _, batch, local in self._proposals(data, gen, refine):
-            yield self.vae_.evaluate(batch, K, gen, local=local)
+            yield self.vae_.evaluate(batch, K, gen, local=local, include_global=include_global)
 
-    def _score_data(self, data, K, salt=0, refine=0):
+    def _score_data(self, data, K, salt=0, refine=0, include_global=False):
         device, _ = self._device_dtype()
         gen = self._generator(device, getattr(self, "_eval_seed", self._seed) + 31 * salt)
         out = [iwae_per_series(res["log_w"]).cpu().numpy()
-               for res in self._evaluations(data, K, gen, refine)]
+               for res in self._evaluations(data, K, gen, refine, include_global)]
         return np.concatenate(out)
 
-    def score_samples(self, X, *, groups=None, inputs=None, times=None, refine=0):
+    def score_samples(self, X, *, groups=None, inputs=None, times=None, refine=0,
+                      include_global=False):
         """Per-series importance-weighted estimate of ``log p(y_i | training data)``.
 
         Each of the ``n_eval_samples`` importance samples draws its own global
         latents from their variational posterior and individual parameters from
         the encoder; the estimate is a stochastic lower bound (in expectation)
         on the log posterior predictive density of the series.
+
+        With ``include_global=True`` it is instead the per-series bound that
+        the reference implementation of VI-HDS reports: ``log p(g) - log q(g)``
+        of each sample's global draw is added to the series' importance
+        weight, as if the population quantities were inferred from this
+        series alone. It is lower (by about the KL divergence of ``q(g)`` from
+        its prior, per series) and is offered only for comparison with
+        published numbers.
 
         Parameters
         ----------
@@ -650,15 +659,23 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             Rounds of per-series adaptation of the amortised proposals before
             importance sampling (see :meth:`importance_diagnostics`); 0 uses
             the encoder's output.
+        include_global : bool, default=False
+            Add the global latents' ``log p(g) - log q(g)`` to every series'
+            weights (the reference implementation's per-series bound; see
+            above).
 
         Returns
         -------
         numpy.ndarray of shape (n_series,)
-            Importance-weighted estimate of ``log p(y_i | training data)`` per series.
+            Importance-weighted estimate of ``log p(y_i | training data)`` per
+            series (or the reference implementation's bound).
         """
         refine = check_positive_int(refine, "refine", minimum=0)
+        if not isinstance(include_global, (bool, np.bool_)):
+            raise TypeError(f"include_global must be True or False, got {include_global!r}.")
         data = self._prepare(X, groups, inputs, times, reset=False)
-        return self._score_data(data, self.n_eval_samples, refine=refine)
+        return self._score_data(data, self.n_eval_samples, refine=refine,
+                                include_global=bool(include_global))
 
     def score(self, X, y=None, *, groups=None, inputs=None, times=None, sample_weight=None):
         """Mean per-series importance-weighted bound (higher is better).
@@ -912,8 +929,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                     gb = g_unique[j : j + step]
                     Gb = gb.shape[0]
                     with torch.no_grad():
-                        res = self.vae_.log_weights(batch, Gb * L, gb.repeat_interleave(L, 0), gen,
-                                                    local=local)
+                        res = self.vae_.log_weights(batch, Gb * L, gb, gen, local=local, g_repeats=L)
                     lw = res["log_w"].reshape(S, Gb, L)
                     ess_b = effective_sample_size(lw.reshape(S * Gb, L)).reshape(S, Gb).cpu().double()
                     ess_sum += (ess_b * counts[j : j + Gb]).sum(1)
@@ -965,8 +981,17 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         individual proposals fit the series' posterior given ``g``; so the
         Laplace approximation is computed ``n_passes`` times: first with
         proposals adapted to ``q(g)`` (``refine`` rounds), then each time with
-        proposals re-adapted (at least 3 rounds) to draws from the previous
-        Laplace proposal. Importance sampling uses the last one.
+        proposals re-adapted (at least 6 rounds) to draws from the previous
+        Laplace proposal. Importance sampling uses the last one. The adapted
+        proposals enter as :class:`~skhds._vae.PriorFollowingProposal`: their
+        shrinkage and covariance follow the population spread ``omega(g)``
+        of each global draw exactly (a fixed covariance would make ``p_hat``
+        too small wherever ``omega`` differs from where the proposals were
+        adapted, and the posterior of ``omega`` too narrow). If the resulting
+        importance weights are unreliable, the whole procedure is repeated with
+        the adapted proposals as they are (fixed covariance, mean linear in
+        ``g``), which can give a smoother surrogate where some series' proposals
+        adapted poorly, and the more reliable result is kept.
 
         Returns
         -------
@@ -979,30 +1004,21 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         """
         vae = self.vae_
         L = max(self.n_importance_samples, 256)
-        start, q_scale = vae.q_global.loc.detach(), vae.q_global.scale.detach()
-        device, dtype = start.device, start.dtype
+        q_scale = vae.q_global.scale.detach()
+        device, dtype = q_scale.device, q_scale.dtype
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
         sampler = torch.Generator().manual_seed(seed)
         n_ind = vae.hierarchy.n_individual
         step = max(1, 65536 // (L * self.batch_size))
-        chunks = list(self._proposals(data, gen, refine))
+        initial = list(self._proposals(data, gen, refine))
         max_scale = float(np.max(vae.hierarchy.prior_scale))  # flat directions: prior-wide
-        proposal = None
-        for outer in range(n_passes):
-            if proposal is not None:
-                # Re-adapt the individual proposals to global draws from the current
-                # Laplace proposal (a smooth spread of g, for the coupling's regression).
-                def sample_globals(K, proposal=proposal):
-                    return proposal.sample(K, sampler).to(device=device, dtype=dtype)
 
-                chunks = [(idx, batch, vae.refine_local(batch, self.n_eval_samples, max(refine, 6), gen,
-                                                        sample_globals=sample_globals))
-                          for idx, batch, _ in chunks]
-                start = proposal.loc.to(device=device, dtype=dtype)
+        def make_target(chunks):
+            """``log p(g) + sum_i log p_hat(y_i | g)`` with common random numbers."""
             eps = [torch.randn((len(idx), L, n_ind), generator=gen, dtype=dtype, device=device)
                    for idx, _, _ in chunks]
 
-            def log_target(g, eps=eps, chunks=chunks):
+            def log_target(g):
                 g = g.to(device=device, dtype=dtype)
                 total = vae.log_prior_global(g).double()
                 for (_, batch, local), e in zip(chunks, eps):
@@ -1012,24 +1028,64 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                     total = total + torch.cat(parts)
                 return total
 
-            mode, cov = laplace_approximation(log_target, start, 0.1 * q_scale, max_scale)
-            proposal = MultivariateStudentT.from_moments(mode.double().cpu(), 1.44 * cov)
-            if self.verbose:
-                sd = torch.sqrt(torch.diagonal(cov))
-                print(f"Global importance sampling, pass {outer}: Laplace sds from "
-                      f"{float(sd.min()):.3g} to {float(sd.max()):.3g}")
+            return log_target
 
         def report(round_, ess):
             if self.verbose:
                 print(f"Global importance sampling, round {round_}: effective sample size "
                       f"{ess:.1f} of {n_proposals}")
 
-        x, log_w, khat = adaptive_importance_sampling(log_target, proposal, n_proposals, sampler,
-                                                      callback=report)
-        w = torch.softmax(log_w, 0)
+        def reliable(khat, ess):
+            return khat <= 0.7 and ess >= 0.05 * n_proposals
+
+        def passes(follow):
+            """Laplace passes with re-adapted local proposals, then adaptive IS."""
+            start = vae.q_global.loc.detach()
+            chunks = initial
+            proposal = None
+            for outer in range(n_passes):
+                if proposal is not None:
+                    # Re-adapt the individual proposals to global draws from the current
+                    # Laplace proposal (a smooth spread of g, for the coupling's regression).
+                    def sample_globals(K, proposal=proposal):
+                        return proposal.sample(K, sampler).to(device=device, dtype=dtype)
+
+                    start = proposal.loc.to(device=device, dtype=dtype)
+                    chunks = [(idx, batch, vae.refine_local(batch, self.n_eval_samples, max(refine, 6),
+                                                            gen, sample_globals=sample_globals))
+                              for idx, batch, _ in chunks]
+                used = chunks
+                if follow:
+                    # Proposals whose covariance and shrinkage follow omega(g) exactly.
+                    with torch.no_grad():
+                        used = [(idx, batch, vae.prior_following(
+                                    vae.encode(batch) if local is None else local, start))
+                                for idx, batch, local in chunks]
+                log_target = make_target(used)
+                mode, cov = laplace_approximation(log_target, start, 0.1 * q_scale, max_scale)
+                proposal = MultivariateStudentT.from_moments(mode.double().cpu(), 1.44 * cov)
+                if self.verbose:
+                    sd = torch.sqrt(torch.diagonal(cov))
+                    print(f"Global importance sampling, pass {outer}: Laplace sds from "
+                          f"{float(sd.min()):.3g} to {float(sd.max()):.3g}")
+            x, log_w, khat = adaptive_importance_sampling(log_target, proposal, n_proposals, sampler,
+                                                          callback=report)
+            w = torch.softmax(log_w, 0)
+            return x, w, khat, float(1.0 / (w * w).sum()), used
+
+        x, w, khat, ess, chunks = passes(follow=True)
+        if not reliable(khat, ess):
+            # Fallback: proposals with a fixed covariance and a mean linear in g. Where
+            # the adapted proposals are far from the series' posteriors, their product
+            # with the population density can make a rougher surrogate than these.
+            # Both are approximations of the same target: keep the more reliable one.
+            if self.verbose:
+                print("Global importance sampling: retrying with linearly coupled proposals")
+            fallback = passes(follow=False)
+            if fallback[3] > ess:
+                x, w, khat, ess, chunks = fallback
         g = x.to(device=device, dtype=dtype)
-        ess = float(1.0 / (w * w).sum())
-        if not (khat <= 0.7 and ess >= 0.05 * n_proposals):
+        if not reliable(khat, ess):
             warnings.warn(
                 f"The importance reweighting of the global quantities is unreliable (Pareto-k "
                 f"{khat:.2f}, effective sample size {ess:.1f} of {n_proposals}); refine the "

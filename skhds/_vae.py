@@ -15,7 +15,7 @@ from .distributions import gaussian_log_prob, gaussian_rsample
 from .inference import minibatch_objective, normalized_weights, sanitize_log_weights
 from .solvers import odeint
 
-__all__ = ["HierarchicalVAE"]
+__all__ = ["HierarchicalVAE", "PriorFollowingProposal"]
 
 
 def _clean_grad(grad):
@@ -60,6 +60,66 @@ def _weighted_slopes(w, dg, z, coupling, ridge=0.05):
     prior = torch.cat([torch.zeros_like(z[:, :1, :]), coupling.transpose(1, 2)], 1)  # (S, P, n)
     beta = torch.linalg.solve(xtwx + torch.diag_embed(pen), xtwy + pen.unsqueeze(-1) * prior)
     return beta[:, 1:].transpose(1, 2)
+
+
+class PriorFollowingProposal:
+    """Individual proposals that follow the population distribution exactly.
+
+    A series' proposal is the product of a fixed Gaussian "likelihood factor"
+    ``l_i(z)`` and the actual population density of its individual latents
+    at the global draw ``g``::
+
+        q(z_i | g) ∝ l_i(z_i) N(z_i | mu(g), diag omega(g)^2),
+
+    with the covariance inflated by ``inflation**2``. For a series whose
+    likelihood is Gaussian in ``z_i`` this is the exact conditional
+    posterior at every ``g``: its mean shrinks towards ``mu(g)`` and its
+    covariance follows ``omega(g)``, which a proposal with a mean that is
+    linear in ``g`` and a fixed covariance cannot do. Dependence on the other
+    global latents (shared parameters, group levels) enters linearly, as
+    before. Build it with :meth:`HierarchicalVAE.prior_following`.
+
+    Parameters
+    ----------
+    eta : torch.Tensor of shape (S, n)
+        Precision-weighted mean of the likelihood factors.
+    lam : torch.Tensor of shape (S, n, n)
+        Precisions of the likelihood factors (positive semi-definite).
+    slopes : torch.Tensor of shape (S, n, D) or None
+        Linear dependence of the mean on ``g - g_ref`` (zero on the
+        individual and group hyperparameters).
+    g_ref : torch.Tensor of shape (1, D)
+    hierarchy : Hierarchy
+    inflation : float
+    dtype : torch.dtype
+        Of the returned proposals.
+    """
+
+    def __init__(self, eta, lam, slopes, g_ref, hierarchy, inflation, dtype):
+        self.eta, self.lam, self.slopes, self.g_ref = eta, lam, slopes, g_ref
+        self.hierarchy, self.inflation, self.dtype = hierarchy, float(inflation), dtype
+
+    def __len__(self):
+        return self.eta.shape[0]
+
+    def at(self, g):
+        """Mean ``(S, G, n)`` and Cholesky factor ``(S, G, n, n)`` for global draws ``(G, D)``."""
+        g = g.to(torch.float64)
+        mu, omega = self.hierarchy.individual_prior(g)  # (G, n)
+        prior_prec = omega.pow(-2)
+        prec = self.lam.unsqueeze(1) + torch.diag_embed(prior_prec).unsqueeze(0)  # (S, G, n, n)
+        # A non-finite or singular precision (an optimiser's wild step in omega)
+        # gives NaN proposals, hence zero-weight draws, as elsewhere.
+        chol, info = torch.linalg.cholesky_ex(prec)
+        rhs = (self.eta.unsqueeze(1) + (mu * prior_prec).unsqueeze(0)).unsqueeze(-1)
+        mean = torch.cholesky_solve(rhs, chol).squeeze(-1)
+        if self.slopes is not None:
+            mean = mean + torch.einsum("snd,gd->sgn", self.slopes, g - self.g_ref)
+        scale, info2 = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol))
+        bad = (info != 0) | (info2 != 0)
+        mean = torch.where(bad.unsqueeze(-1), torch.full_like(mean, math.nan), mean)
+        scale = torch.where(bad[..., None, None], torch.ones_like(scale), scale) * self.inflation
+        return mean.to(self.dtype), scale.to(self.dtype)
 
 
 class HierarchicalVAE(torch.nn.Module):
@@ -214,7 +274,7 @@ class HierarchicalVAE(torch.nn.Module):
 
     # ------------------------------------------------------ log weights
     def log_weights(self, batch, K, g, generator, detach_q=False, include_global=False, local=None,
-                    eps=None):
+                    eps=None, g_repeats=1):
         """Log importance weights of ``K`` draws per series.
 
         Parameters
@@ -232,11 +292,16 @@ class HierarchicalVAE(torch.nn.Module):
         include_global : bool, default=False
             Add ``log p(g) - log q(g)`` to every weight (the reference
             implementation's per-well bound).
-        local : tuple, optional
+        local : tuple or PriorFollowingProposal, optional
             ``(loc, scale, coupling)`` of the individual proposals, replacing
-            the encoder's output (refined proposals, :meth:`refine_local`).
+            the encoder's output (refined proposals, :meth:`refine_local`),
+            or proposals that follow the population distribution
+            (:meth:`prior_following`).
         eps : torch.Tensor of shape (S, K, n_individual), optional
             Standard normal draws to use (common random numbers).
+        g_repeats : int, default=1
+            ``g`` holds ``K // g_repeats`` distinct draws, each used for
+            ``g_repeats`` consecutive importance samples.
 
         Returns
         -------
@@ -244,7 +309,16 @@ class HierarchicalVAE(torch.nn.Module):
             ``log_w`` (S, K) sanitised, ``n_bad``, ``z`` (S, K, n_ind),
             ``params``, ``means``, ``g``.
         """
-        loc, scale, coupling = self.encode(batch) if local is None else local
+        g_unique = g
+        if g_repeats > 1:
+            g = g.repeat_interleave(g_repeats, 0)
+        if isinstance(local, PriorFollowingProposal):
+            loc, scale = local.at(g_unique)
+            if g_repeats > 1:
+                loc, scale = loc.repeat_interleave(g_repeats, 1), scale.repeat_interleave(g_repeats, 1)
+            coupling = None
+        else:
+            loc, scale, coupling = self.encode(batch) if local is None else local
         S = loc.shape[0]
         if eps is None:
             eps = torch.randn((S, K, loc.shape[-1]), generator=generator, dtype=loc.dtype,
@@ -306,8 +380,8 @@ class HierarchicalVAE(torch.nn.Module):
         g : torch.Tensor of shape (G, n_global)
         L : int
         generator : torch.Generator
-        local : tuple of torch.Tensor, optional
-            Refined proposals, as in :meth:`log_weights`.
+        local : tuple or PriorFollowingProposal, optional
+            Individual proposals, as in :meth:`log_weights`.
 
         Returns
         -------
@@ -316,9 +390,56 @@ class HierarchicalVAE(torch.nn.Module):
         G = g.shape[0]
         if eps is not None:
             eps = eps.repeat(1, G, 1)
-        out = self.log_weights(batch, G * L, g.repeat_interleave(L, 0), generator, local=local, eps=eps)
+        out = self.log_weights(batch, G * L, g, generator, local=local, eps=eps, g_repeats=L)
         log_w = out["log_w"].reshape(-1, G, L)
         return torch.logsumexp(log_w, -1) - math.log(L)
+
+    @torch.no_grad()
+    def prior_following(self, local, g_ref, inflation=1.2):
+        """Turn proposals adapted near ``g_ref`` into :class:`PriorFollowingProposal`.
+
+        The likelihood factor is the proposal at ``g_ref`` (its covariance
+        deflated by ``inflation**2``, the inflation :meth:`refine_local`
+        applied) divided by the population density at ``g_ref``; directions
+        in which the proposal is wider than the population density get a
+        flat factor (precision clamped at zero). At ``g_ref`` the new
+        proposal has the old one's mean.
+
+        Parameters
+        ----------
+        local : tuple
+            ``(loc, scale, coupling)`` as from :meth:`refine_local`.
+        g_ref : torch.Tensor of shape (n_global,) or (1, n_global)
+            The global draw near which ``local`` was adapted.
+        inflation : float, default=1.2
+
+        Returns
+        -------
+        PriorFollowingProposal
+        """
+        loc, scale, coupling = local
+        f64 = torch.float64
+        g_ref = g_ref.reshape(1, -1).to(device=loc.device, dtype=f64)
+        mean = loc.to(f64)
+        slopes = None
+        if coupling is not None:
+            coupling = coupling.to(f64)
+            delta = torch.where(self.coupling_mask, g_ref - self.q_global.loc.to(f64), torch.zeros_like(g_ref))
+            mean = mean + torch.einsum("snd,kd->skn", coupling, delta)[:, 0]
+            keep = self.coupling_mask.clone()
+            for i_mu, i_om in self.hierarchy.ind_index.values():
+                keep[i_mu] = keep[i_om] = False
+            slopes = torch.where(keep, coupling, torch.zeros_like(coupling))
+        s = scale.to(f64)
+        cov = torch.diag_embed(s * s) if s.dim() == 2 else s @ s.transpose(-1, -2)
+        prec = torch.cholesky_inverse(torch.linalg.cholesky(cov / inflation**2))
+        mu, omega = self.hierarchy.individual_prior(g_ref)  # (1, n)
+        prior_prec = torch.diag_embed(omega.pow(-2))  # (1, n, n)
+        lam = prec - prior_prec
+        evals, evecs = torch.linalg.eigh(0.5 * (lam + lam.transpose(-1, -2)))
+        lam = evecs @ torch.diag_embed(evals.clamp_min(0.0)) @ evecs.transpose(-1, -2)
+        eta = ((lam + prior_prec) @ mean.unsqueeze(-1)).squeeze(-1) - mu * omega.pow(-2)
+        return PriorFollowingProposal(eta, lam, slopes, g_ref, self.hierarchy, inflation, loc.dtype)
 
     @torch.no_grad()
     def refine_local(self, batch, K, n_rounds, generator, inflation=1.2, sample_globals=None):
@@ -412,8 +533,8 @@ class HierarchicalVAE(torch.nn.Module):
         generator : torch.Generator
         pred_batch : dict, optional
             Same series on another output grid.
-        local : tuple of torch.Tensor, optional
-            Refined proposals, as in :meth:`log_weights`.
+        local : tuple or PriorFollowingProposal, optional
+            Individual proposals, as in :meth:`log_weights`.
 
         Returns
         -------

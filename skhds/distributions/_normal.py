@@ -52,9 +52,10 @@ def gaussian_rsample(loc, scale, eps):
     ----------
     loc : torch.Tensor of shape (S, n) or (S, K, n)
         Means (one per series, or one per series and draw).
-    scale : torch.Tensor of shape (S, n) or (S, n, n)
+    scale : torch.Tensor of shape (S, n), (S, n, n) or (S, K, n, n)
         Standard deviations (diagonal covariance) or lower-triangular Cholesky
-        factors ``L`` of the covariances.
+        factors ``L`` of the covariances (one per series, or one per series
+        and draw; a draw axis of length 1 broadcasts).
     eps : torch.Tensor of shape (S, K, n)
         Standard normal draws.
 
@@ -66,7 +67,9 @@ def gaussian_rsample(loc, scale, eps):
     loc = loc.unsqueeze(1) if loc.dim() == 2 else loc
     if scale.dim() == 2:
         return loc + scale.unsqueeze(1) * eps
-    return loc + torch.einsum("sij,skj->ski", scale, eps)
+    if scale.dim() == 3:
+        return loc + torch.einsum("sij,skj->ski", scale, eps)
+    return loc + torch.matmul(scale, eps.unsqueeze(-1)).squeeze(-1)
 
 
 def gaussian_log_prob(z, loc, scale):
@@ -78,7 +81,7 @@ def gaussian_log_prob(z, loc, scale):
         Points at which to evaluate.
     loc : torch.Tensor of shape (S, n) or (S, K, n)
         Means.
-    scale : torch.Tensor of shape (S, n) or (S, n, n)
+    scale : torch.Tensor of shape (S, n), (S, n, n) or (S, K, n, n)
         Standard deviations or lower-triangular Cholesky factors (see
         :func:`gaussian_rsample`).
 
@@ -90,8 +93,10 @@ def gaussian_log_prob(z, loc, scale):
     loc = loc.unsqueeze(1) if loc.dim() == 2 else loc
     if scale.dim() == 2:
         return normal_log_prob(z, loc, scale.unsqueeze(1)).sum(-1)
+    if scale.dim() == 3:
+        scale = scale.unsqueeze(1)
     diff = (z - loc).unsqueeze(-1)  # (S, K, n, 1)
-    u = torch.linalg.solve_triangular(scale.unsqueeze(1), diff, upper=False).squeeze(-1)
-    log_det = torch.log(torch.diagonal(scale, dim1=-2, dim2=-1)).sum(-1)  # (S,)
+    u = torch.linalg.solve_triangular(scale, diff, upper=False).squeeze(-1)
+    log_det = torch.log(torch.diagonal(scale, dim1=-2, dim2=-1)).sum(-1)  # (S, 1) or (S, K)
     n = z.shape[-1]
-    return -0.5 * (u * u).sum(-1) - log_det.unsqueeze(1) - n * _LOG_SQRT_2PI
+    return -0.5 * (u * u).sum(-1) - log_det - n * _LOG_SQRT_2PI

@@ -97,14 +97,21 @@ def laplace_approximation(log_target, start, step, max_scale, max_iter=100):
     opt = torch.optim.LBFGS([g], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-6, tolerance_change=1e-10)
 
+    best = [math.inf, start.detach().clone()]
+
     def closure():
         opt.zero_grad()
         loss = -log_target(g.unsqueeze(0)).sum()
         loss.backward()
+        value = float(loss.detach())
+        if math.isfinite(value) and value < best[0]:
+            best[0], best[1] = value, g.detach().clone()
         return loss
 
     opt.step(closure)
-    mode = g.detach()
+    # A line search through a region where the target is not finite can leave
+    # L-BFGS at a non-finite point: keep the best finite point it visited.
+    mode = best[1]
 
     def grad(x):
         x = x.clone().requires_grad_(True)
