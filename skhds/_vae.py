@@ -99,9 +99,6 @@ class PriorFollowingProposal:
         self.eta, self.lam, self.slopes, self.g_ref = eta, lam, slopes, g_ref
         self.hierarchy, self.inflation, self.dtype = hierarchy, float(inflation), dtype
 
-    def __len__(self):
-        return self.eta.shape[0]
-
     def at(self, g):
         """Mean ``(S, G, n)`` and Cholesky factor ``(S, G, n, n)`` for global draws ``(G, D)``."""
         g = g.to(torch.float64)

@@ -56,6 +56,19 @@ def problem():
     return est, sim, times
 
 
+def _log_marginal(y, mu, log_omega, log_sigma):
+    """``log N(y_i | mu 1, sigma^2 I + omega^2 1 1^T)`` on a grid: shape ``grid + (n_series,)``.
+
+    Written with each series' mean and within-series sum of squares.
+    """
+    ybar = y.mean(1)
+    ssw = ((y - ybar[:, None]) ** 2).sum(1)
+    s2 = np.exp(2 * log_sigma)[..., None]
+    v = s2 + T * np.exp(2 * log_omega)[..., None]
+    return (-0.5 * T * math.log(2 * math.pi) - 0.5 * (T - 1) * np.log(s2) - 0.5 * np.log(v)
+            - ssw / (2 * s2) - T * (ybar - mu[..., None]) ** 2 / (2 * v))
+
+
 def _exact(est, y):
     """Posterior moments by quadrature on (mu, log omega, log sigma)."""
     hier = est.vae_.hierarchy
@@ -63,13 +76,10 @@ def _exact(est, y):
     i_s = hier.pop_index["sigma_x"]
     loc, scale = hier.prior_loc, hier.prior_scale
     ybar = y.mean(1)
-    ssw = ((y - ybar[:, None]) ** 2).sum(1)
     mu, lom, ls = np.meshgrid(np.linspace(0.0, 2.0, 101), np.linspace(np.log(0.1), np.log(1.5), 101),
                               np.linspace(np.log(0.15), np.log(0.6), 101), indexing="ij")
     om2, s2 = np.exp(2 * lom)[..., None], np.exp(2 * ls)[..., None]
-    v = s2 + T * om2
-    log_post = ((-(T - 1) * 0.5 * np.log(s2) - 0.5 * np.log(v) - ssw / (2 * s2)
-                 - T * (ybar - mu[..., None]) ** 2 / (2 * v)).sum(-1)
+    log_post = (_log_marginal(y, mu, lom, ls).sum(-1)
                 - 0.5 * ((mu - loc[i_mu]) / scale[i_mu]) ** 2
                 - 0.5 * ((lom - loc[i_om]) / scale[i_om]) ** 2
                 - 0.5 * ((ls - loc[i_s]) / scale[i_s]) ** 2)
@@ -215,12 +225,7 @@ def test_reference_bound_is_a_bound_on_each_series_prior_marginal_likelihood(pro
     log_prior = sum(-0.5 * ((x - loc[i]) / scale[i]) ** 2 - math.log(scale[i] * math.sqrt(2 * math.pi))
                     for x, i in ((mu, i_mu), (lom, i_om), (ls, i_s)))
     log_cell = sum(math.log(a[1] - a[0]) for a in axes)
-    y = sim.X[:, 0]
-    ybar, ssw = y.mean(1), ((y - y.mean(1, keepdims=True)) ** 2).sum(1)
-    s2, v = np.exp(2 * ls)[..., None], (np.exp(2 * ls) + T * np.exp(2 * lom))[..., None]
-    # log N(y_i | mu 1, s^2 I + omega^2 1 1^T), via the mean and the within-series deviations
-    log_lik = (-0.5 * T * math.log(2 * math.pi) - 0.5 * (T - 1) * np.log(s2) - 0.5 * np.log(v)
-               - ssw / (2 * s2) - T * (ybar - mu[..., None]) ** 2 / (2 * v))
+    log_lik = _log_marginal(sim.X[:, 0], mu, lom, ls)
     exact = np.array([np.logaddexp.reduce((log_lik[..., i] + log_prior).ravel()) + log_cell
                       for i in range(N)])
     reference = est.score_samples(sim.X, times=times, include_global=True)
