@@ -4,13 +4,15 @@ Two studies, each drawing the truth from the generative model, simulating,
 fitting with default settings and recording where the truth falls among the
 posterior draws:
 
-* ``individual``: one fit of the logistic-growth problem with many series
-  (``--n-series``, default 500, from one draw of the population; the
-  estimator steps at ``--dt``, default 0.1 h, five steps per observation
-  interval, so that its discretisation error is far below the noise); the
-  amortised posterior of every series' growth rate ``r`` and lag ``tlag``.
-  The population is drawn once, so this checks the individual level given
-  the data of all series (many series per fit).
+* ``individual``: ``--individual-fits`` fits (default 10) of the
+  logistic-growth problem, each with ``--n-series`` series (default 100)
+  from its own population: location and log spread of ``r`` and ``tlag``
+  drawn from the estimator's hyperpriors and the noise scale from its prior,
+  so that the ranks of different fits are independent draws of the whole
+  generative model (the estimator steps at ``--dt``, default 0.1 h, five steps
+  per observation interval, so that its discretisation error is far below the
+  noise); the amortised posterior of every series' growth rate ``r`` and lag
+  ``tlag``. Ranks pooled over the fits (1000 by default).
 * ``population``: ``--n-fits`` fits of a small hierarchical problem (30
   constant-level series, 5 noisy observations each; see
   ``tests/test_validity.py``) with the population location ``mu``, spread
@@ -24,7 +26,7 @@ variational posterior and the importance-reweighted one
 
 Usage::
 
-    python benchmarks/bench_calibration.py --study individual population --out benchmarks/results
+    python benchmarks/bench_calibration.py --study individual population --threads 1
 """
 
 import argparse
@@ -36,6 +38,7 @@ import sys
 import time
 import warnings
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -65,11 +68,19 @@ class Level(ODEModel):
         return torch.zeros_like(x)
 
 
-def _fit(model, X, **kw):
+CACHE = None  # folder of fitted estimators (--cache)
+
+
+def _fit(model, X, key=None, **kw):
+    path = os.path.join(CACHE, f"{key}.joblib") if CACHE and key else None
+    if path and os.path.exists(path):
+        return joblib.load(path)
     est = HierarchicalODEVAE(model, random_state=0, **kw.pop("est", {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit(X, **kw)
+    if path:
+        joblib.dump(est, path)
     return est
 
 
@@ -82,31 +93,57 @@ def calibration_rows(study, name, draws, truth):
     lo90, hi90 = np.percentile(draws, [5, 95], axis=0)
     return {"study": study, "quantity": name, "n": len(truth),
             "sbc_chi2": chi2.statistic, "sbc_p": chi2.pvalue,
+            "rank_bins": " ".join(map(str, counts)),
             "cover50": float(np.mean((truth >= lo50) & (truth <= hi50))),
             "cover90": float(np.mean((truth >= lo90) & (truth <= hi90)))}
 
 
-def individual_study(n_series, seed=0, dt=0.1):
+def individual_study(n_fits, n_series, seed=0, dt=0.1):
     model = LogisticGrowth()
     times = np.linspace(0.0, 12.0, 25)
     groups = np.array([f"s{i % 3}" for i in range(n_series)], dtype=object)
-    sim = simulate(model, n_series, times=times, groups=groups, params={"sigma_x": 0.05},
-                   random_state=seed)
-    t = time.time()
-    # ``simulate`` integrates finely (RK4, a tenth of the interval); the estimator steps
-    # at ``dt`` too, so that the check is of the inference and not of the
-    # discretisation error of one Heun step per observation interval.
-    est = _fit(model, sim.X, groups=groups, times=times, est={"dt": dt})
-    t_fit = time.time() - t
+    rng = np.random.default_rng(seed)
+    truths, posts = {"r": [], "tlag": []}, {"variational": [], "importance": []}
+    fit_s, epochs = [], []
+    for f in range(n_fits):
+        # The population of every fit is drawn from the estimator's hyperpriors
+        # (location ~ N(m, s), log spread ~ N(log s, 0.5)) and the noise scale
+        # from its prior, so that the ranks of different fits are independent
+        # draws of the full generative model.
+        params = {"sigma_x": math.exp(rng.normal(math.log(0.05), 1.0))}
+        for name, m, s in (("r", math.log(0.8), 0.25), ("tlag", math.log(2.0), 0.3)):
+            mu = rng.normal(m, s)
+            omega = math.exp(rng.normal(math.log(s), 0.5))
+            params[name] = np.exp(rng.normal(mu, omega, n_series))
+        sim = simulate(model, n_series, times=times, groups=groups, params=params,
+                       random_state=int(rng.integers(2**31)))
+        t = time.time()
+        # ``simulate`` integrates finely (RK4, a tenth of the interval); the
+        # estimator steps at ``dt`` too, so that the check is of the inference
+        # and not of the discretisation error of one Heun step per interval.
+        est = _fit(model, sim.X, key=f"individual_{seed}_{f}_{n_series}_{dt}", groups=groups,
+                   times=times, est={"dt": dt})
+        fit_s.append(time.time() - t)
+        epochs.append(int(est.n_iter_))
+        kw = dict(groups=groups, times=times, n_draws=N_DRAWS, random_state=1)
+        for method in posts:
+            extra = {"method": "importance", "refine": 3, "n_proposals": 300} if method == "importance" else {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                post = est.sample_posterior(sim.X, **kw, **extra)
+            posts[method].append({name: post[name] for name in truths})
+        for name in truths:
+            truths[name].append(sim.params[name])
+        print(f"individual fit {f + 1}/{n_fits}: sigma {params['sigma_x']:.3g}, "
+              f"{fit_s[-1]:.0f} s", file=sys.stderr, flush=True)
     rows = []
-    kw = dict(groups=groups, times=times, n_draws=N_DRAWS, random_state=1)
-    for method in ("variational", "importance"):
-        extra = {"method": "importance", "refine": 3, "n_proposals": 300} if method == "importance" else {}
-        post = est.sample_posterior(sim.X, **kw, **extra)
-        for name in ("r", "tlag"):
-            row = calibration_rows("individual", name, post[name], sim.params[name])
+    for method, lst in posts.items():
+        for name in truths:
+            draws = np.concatenate([p[name] for p in lst], 1)
+            row = calibration_rows("individual", name, draws, np.concatenate(truths[name]))
             rows.append({**row, "posterior": method})
-    return rows, {"fit_s": round(t_fit, 1), "epochs": int(est.n_iter_), "dt": dt}
+    return rows, {"fits": n_fits, "series_per_fit": n_series, "fit_s": round(sum(fit_s), 1),
+                  "epochs": epochs, "dt": dt}
 
 
 def exact_draws(est, y, n_draws, rng, n_grid=81):
@@ -194,18 +231,27 @@ def population_study(n_fits, n_series=30, n_times=5, seed=0):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--study", nargs="+", default=["individual", "population"])
-    parser.add_argument("--n-series", type=int, default=500)
-    parser.add_argument("--n-fits", type=int, default=40)
+    parser.add_argument("--n-series", type=int, default=100,
+                        help="series per fit in the individual study")
+    parser.add_argument("--individual-fits", type=int, default=10,
+                        help="fits (population draws) in the individual study")
+    parser.add_argument("--n-fits", type=int, default=200, help="fits in the population study")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dt", type=float, default=0.1,
                         help="solver step of the estimator in the individual study (hours)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--cache", default=None,
+                        help="folder to keep the individual study's fitted estimators in (reused)")
     args = parser.parse_args()
+    global CACHE
+    if args.cache:
+        os.makedirs(args.cache, exist_ok=True)
+        CACHE = args.cache
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     for study in args.study:
         if study == "individual":
-            rows, info = individual_study(args.n_series, dt=args.dt)
+            rows, info = individual_study(args.individual_fits, args.n_series, dt=args.dt)
         else:
             rows, info = population_study(args.n_fits)
         table = pd.DataFrame(rows)

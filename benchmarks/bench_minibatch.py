@@ -5,6 +5,14 @@ Heun on the data grid, white-box ``DoubleReceiver`` model, DReG gradients.
 Uses the real data when ``SKHDS_DATA`` points at it, else smooth synthetic
 curves of the same shape (the cost does not depend on the values).
 
+Side by side in the same run, the **eager baseline** (issue 5): a plain
+PyTorch loop of the same math as the reference implementation writes it, with
+no skhds machinery: reparameterised draws of the 27 parameters of every
+(series, sample) pair, the right-hand side inline (receptor activation
+recomputed at every stage), Heun steps collected in a list and stacked,
+Gaussian log-likelihood, log-mean-exp over samples, backward. ``speedup`` is
+the baseline's forward+backward time over skhds's.
+
 Usage::
 
     python benchmarks/bench_minibatch.py --device cpu --threads 2 --repeats 5
@@ -13,6 +21,7 @@ Usage::
 import argparse
 import json
 import platform
+import sys
 import time
 import warnings
 
@@ -40,6 +49,50 @@ def study_shaped_data(n=36, seed=0):
         inputs = np.column_stack([rng.choice([0, 25000 / 3**4], n), rng.choice([0, 25000 / 3**6], n)])
         groups = np.column_stack([rng.randint(0, 3, n), rng.randint(0, 4, n)])
         return X, times, inputs, groups, "synthetic"
+
+
+def eager_baseline(batch, K, device):
+    """One forward+backward of the plain eager loop; returns a closure to time."""
+    import math
+
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    from bench_integrator import PARAM_NAMES, make_params, rhs
+
+    y = batch["y"]  # (S, 4, T)
+    S, T = y.shape[0], y.shape[-1]
+    centre, _ = make_params(S * K)
+    loc0 = torch.stack([centre[k].reshape(S, K).mean(1).log() for k in PARAM_NAMES], -1).to(device)
+    u = batch["inputs"].to(device)
+    times = batch["solve_times"][0].to(device)
+
+    def step():
+        loc = loc0.clone().requires_grad_(True)  # encoder output stand-in (S, n)
+        log_sd = torch.full_like(loc0, -3.0).requires_grad_(True)
+        eps = torch.randn(S, K, loc.shape[-1], device=device)
+        z = loc.unsqueeze(1) + log_sd.exp().unsqueeze(1) * eps
+        p = {k: z[..., j].exp().reshape(-1) for j, k in enumerate(PARAM_NAMES)}
+        inputs = {"C6": u[:, 0].repeat_interleave(K), "C12": u[:, 1].repeat_interleave(K)}
+        x = torch.zeros(S * K, 8, device=device)
+        x = x + torch.tensor([0.002] + [0.0] * 7, device=device)
+        states = [x]
+        for j in range(T - 1):
+            t, h = times[j], times[j + 1] - times[j]
+            k1 = rhs(t, x, p, inputs)
+            k2 = rhs(t + h, x + h * k1, p, inputs)
+            x = x + 0.5 * h * (k1 + k2)
+            states.append(x)
+        traj = torch.stack(states, -1).reshape(S, K, 8, T)
+        obs = torch.stack([traj[:, :, 0], traj[:, :, 0] * traj[:, :, 1],
+                           traj[:, :, 0] * (traj[:, :, 2] + traj[:, :, 4]),
+                           traj[:, :, 0] * (traj[:, :, 3] + traj[:, :, 5])], 2)
+        sigma = 0.02
+        ll = (-0.5 * ((y.unsqueeze(1) - obs) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi)))
+        log_q = (-0.5 * eps ** 2 - log_sd.unsqueeze(1)).sum(-1)
+        log_w = ll.sum((-2, -1)) - log_q
+        loss = -(torch.logsumexp(log_w, 1) - math.log(K)).mean()
+        loss.backward()
+
+    return step
 
 
 def main():
@@ -75,12 +128,23 @@ def main():
         if i:  # first call warms up
             times_fwd.append(t1 - t0)
             times_total.append(t2 - t0)
+    baseline = eager_baseline(batch, args.K, dev)
+    times_base = []
+    for i in range(args.repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        baseline()
+        sync()
+        if i:
+            times_base.append(time.perf_counter() - t0)
     result = {
         "device": args.device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "cpu": platform.processor() or platform.machine(), "threads": args.threads,
         "torch": torch.__version__, "data": kind, "K": args.K,
         "forward_s": float(np.median(times_fwd)), "forward_backward_s": float(np.median(times_total)),
         "epoch_estimate_s (7 minibatches)": 7 * float(np.median(times_total)),
+        "eager_baseline_forward_backward_s": float(np.median(times_base)),
+        "speedup": float(np.median(times_base)) / float(np.median(times_total)),
     }
     print(json.dumps(result))
 

@@ -207,6 +207,8 @@ class HierarchicalVAE(torch.nn.Module):
             params = {k: _isolate(v.expand(S, K)) for k, v in params.items()}
             x0 = _isolate(x0)
 
+        params = model.with_derived(params, inputs)
+
         def func(t, x):
             return model.rhs(t, x, params, inputs)
 
@@ -271,7 +273,7 @@ class HierarchicalVAE(torch.nn.Module):
 
     # ------------------------------------------------------ log weights
     def log_weights(self, batch, K, g, generator, detach_q=False, include_global=False, local=None,
-                    eps=None, g_repeats=1):
+                    eps=None, g_repeats=1, defensive=0.0):
         """Log importance weights of ``K`` draws per series.
 
         Parameters
@@ -299,6 +301,15 @@ class HierarchicalVAE(torch.nn.Module):
         g_repeats : int, default=1
             ``g`` holds ``K // g_repeats`` distinct draws, each used for
             ``g_repeats`` consecutive importance samples.
+        defensive : float, default=0.0
+            Fraction of the samples of each global draw taken from the
+            population density ``p(z | g)`` instead of the proposal
+            (defensive importance sampling). Every weight then uses the
+            mixture density ``(1 - a) q + a p(z | g)``, ``a`` the realised
+            fraction, which bounds the weights by the likelihood over ``a``:
+            the tails of a posterior that the likelihood barely constrains
+            (a parameter the data do not identify) are sampled even where the
+            proposal is too light-tailed. Estimates stay unbiased.
 
         Returns
         -------
@@ -329,7 +340,20 @@ class HierarchicalVAE(torch.nn.Module):
             log_q = gaussian_log_prob(z, loc.detach(), scale.detach())
         else:
             log_q = gaussian_log_prob(z, loc, scale)
+        L = g_repeats if g_repeats > 1 else K
+        mix = defensive > 0 and L > 1
+        if mix:
+            # Stratified: the first m of every g_repeats-block (or of all K) come
+            # from p(z | g); weighting by the mixture at the realised fraction
+            # keeps the estimates unbiased.
+            m = min(L - 1, max(1, int(round(defensive * L))))
+            from_prior = (torch.arange(K, device=z.device) % L) < m
+            mu, omega = self.hierarchy.individual_prior(g)
+            z = torch.where(from_prior[None, :, None], mu.unsqueeze(0) + omega.unsqueeze(0) * eps, z)
+            log_q = gaussian_log_prob(z, loc, scale)
         log_pz = self.hierarchy.individual_log_prior(g, z)
+        if mix:
+            log_q = torch.logaddexp(log_q + math.log1p(-m / L), log_pz + math.log(m / L))
         params = self.hierarchy.params(g, z, batch["codes"], self.factor_index, generator)
         means = self.simulate(params, batch, K)
         log_w = self.log_likelihood(means, batch, params) + log_pz - log_q

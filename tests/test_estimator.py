@@ -432,6 +432,64 @@ def test_crossed_factors_dataframe_groups():
     np.testing.assert_array_equal(est.predict(sim.X, groups=reordered, times=times), pred)
 
 
+class DerivedGrowth(CrossedGrowth):
+    """``CrossedGrowth`` with ``r / K`` and an output gain computed once per solve."""
+
+    observables = ("od",)
+
+    def derived(self, params, inputs):
+        return {"r_over_K": params["r"] / params["K"], "gain": 2.0 + 0.0 * params["x0"]}
+
+    def rhs(self, t, x, params, inputs):
+        x0 = x[..., 0]
+        return (params["r"] * x0 - params["r_over_K"] * x0 * x0).unsqueeze(-1)
+
+    def observe(self, x, params, inputs):
+        return params["gain"].unsqueeze(-1) * x
+
+
+class GainGrowth(CrossedGrowth):
+    """The same model written without ``derived``."""
+
+    observables = ("od",)
+
+    def observe(self, x, params, inputs):
+        return 2.0 * x
+
+
+@ignore_convergence
+def test_derived_quantities_reach_rhs_and_observe():
+    n = 12
+    groups = pd.DataFrame({"strain": [f"s{i % 3}" for i in range(n)],
+                           "medium": [f"m{i % 2}" for i in range(n)]})
+    times = np.linspace(0.0, 10.0, 12)
+    kw = dict(times=times, groups=groups, params={"sigma_od": 0.05}, random_state=0)
+    sim, ref = simulate(DerivedGrowth(), **kw), simulate(GainGrowth(), **kw)
+    np.testing.assert_allclose(sim.X, ref.X, rtol=1e-10)
+    assert "r_over_K" not in sim.params  # derived quantities are not parameters
+    # The estimator's solves use them too: same training and predictions as the inline model.
+    preds = []
+    for model in (DerivedGrowth(), GainGrowth()):
+        est = HierarchicalODEVAE(model, max_iter=3, random_state=0).fit(sim.X, groups=groups,
+                                                                        times=times)
+        preds.append(est.predict(sim.X, groups=groups, times=times))
+    np.testing.assert_allclose(preds[0], preds[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("derived, match", [
+    ({"r": None}, r"returned names that are parameters: \['r'\]"),
+    ([1.0], "must return a dict"),
+])
+def test_derived_errors_name_the_model(derived, match):
+    class Bad(CrossedGrowth):
+        def derived(self, params, inputs):
+            return derived
+
+    with pytest.raises(ValueError, match=rf"Bad\.derived\(\) {match}"):
+        simulate(Bad(), times=np.linspace(0, 1, 3), groups=pd.DataFrame(
+            {"strain": ["a", "b"], "medium": ["m", "m"]}), random_state=0)
+
+
 # ---------------------------------------------------------------------------- persistence
 def test_pickle_and_joblib_round_trip(fitted, data):
     expected = fitted.predict(data.X, **_kw(data))

@@ -115,11 +115,12 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
         torch.manual_seed(rng.randint(0, 2**31 - 1))
         m = copy.deepcopy(model).to(dtype)  # never change the caller's model
         x0 = torch.broadcast_to(m.initial_state(values, ins), (n_series, 1, n_states)).to(dtype)
-        traj = odeint(lambda tt, x: m.rhs(tt, x, values, ins), x0, torch.as_tensor(solve_t),
+        full = m.with_derived(values, ins)
+        traj = odeint(lambda tt, x: m.rhs(tt, x, full, ins), x0, torch.as_tensor(solve_t),
                       method=solver, n_substeps=substeps_for_grid(solve_t, dt))
         if prepend:
             traj = traj[..., 1:]
-        obs = m.observe(traj.transpose(-1, -2), {k: v.unsqueeze(-1) for k, v in values.items()},
+        obs = m.observe(traj.transpose(-1, -2), {k: v.unsqueeze(-1) for k, v in full.items()},
                         {k: v.unsqueeze(-1) for k, v in ins.items()}).transpose(-1, -2)
         nparams = {}
         for base, prior in model.noise.declare().items():

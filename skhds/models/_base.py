@@ -58,6 +58,8 @@ class ODEModel(torch.nn.Module):
     - ``initial_state(params, inputs)`` returns a tensor broadcastable to
       ``(S, K, n_states)``.
     - ``rhs(t, x, params, inputs)`` returns ``dx/dt``, shaped like ``x``.
+    - optionally ``derived(params, inputs)``: terms that do not change along
+      a trajectory, computed once per solve (see :meth:`derived`).
     - ``observe(x, params, inputs)`` (optional) maps states to observables.
       Here ``x`` is time-major, ``(S, K, n_times, n_states)``, and
       parameters/inputs carry a trailing singleton time axis; it returns
@@ -121,6 +123,69 @@ class ODEModel(torch.nn.Module):
             Time derivative ``dx/dt``, of the same shape as ``x``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement rhs().")
+
+    def derived(self, params, inputs):
+        """Quantities that depend on parameters and inputs but not on ``t`` or ``x``.
+
+        Called once per solve, before integrating; the returned tensors are
+        added to ``params`` under their names, so :meth:`rhs` and
+        :meth:`observe` read them like parameters. Moving such terms (an
+        activation function of the inputs, a power of a parameter) out of
+        :meth:`rhs` computes them once instead of at every solver stage,
+        which matters most for their backward pass. The default derives
+        nothing.
+
+        Parameters
+        ----------
+        params : dict of str to torch.Tensor
+            Parameter values by name, each broadcastable to ``(S, K)``.
+        inputs : dict of str to torch.Tensor
+            Per-series inputs by name, each of shape ``(S, 1)``.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            New names (not parameter names), each broadcastable to ``(S, K)``.
+        """
+        return {}
+
+    def with_derived(self, params, inputs):
+        """``params`` plus the output of :meth:`derived` (a new dict).
+
+        Parameters
+        ----------
+        params : dict of str to torch.Tensor
+            Parameter values by name, each broadcastable to ``(S, K)``.
+        inputs : dict of str to torch.Tensor
+            Per-series inputs by name, each of shape ``(S, 1)``.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``params`` itself when nothing is derived, else a new dict with
+            the derived quantities added.
+
+        Raises
+        ------
+        ValueError
+            If :meth:`derived` returns a name that is already a parameter,
+            or something other than a dict.
+        """
+        extra = self.derived(params, inputs)
+        if not extra:
+            return params
+        if not isinstance(extra, dict):
+            raise ValueError(
+                f"{type(self).__name__}.derived() must return a dict of tensors, "
+                f"got {type(extra).__name__}."
+            )
+        clash = sorted(set(extra) & set(params))
+        if clash:
+            raise ValueError(
+                f"{type(self).__name__}.derived() returned names that are parameters: {clash}; "
+                "give derived quantities their own names."
+            )
+        return {**params, **extra}
 
     def observe(self, x, params, inputs):
         """Map time-major states ``(S, K, T, n_states)`` to observables ``(S, K, T, n_obs)``.

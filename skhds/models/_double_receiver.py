@@ -105,16 +105,23 @@ class DoubleReceiver(ODEModel):
         """``x = x0``, everything else 0."""
         return _density_only(params["r"], len(self.states), self.x0)
 
+    def derived(self, params, inputs):
+        """Receptor activation by the two signals (constant along a well's trajectory)."""
+        p = params
+        c6, c12 = inputs["C6"], inputs["C12"]
+        a6, a12 = p["KR6"] * c6, p["KR12"] * c12
+        s6, s12 = p["KS6"] * c6, p["KS12"] * c12
+        return {
+            "fR": (_safe_pow(a6, p["nR"]) + _safe_pow(a12, p["nR"])) / (1.0 + a6 + a12) ** p["nR"],
+            "fS": (_safe_pow(s6, p["nS"]) + _safe_pow(s12, p["nS"])) / (1.0 + s6 + s12) ** p["nS"],
+        }
+
     def rhs(self, t, x, params, inputs):
         """The double-receiver dynamics (see the class docstring)."""
         p = params
         xx, rfp, yfp, cfp, f530, f480, luxR, lasR = x.unbind(-1)
         gamma = p["r"] * torch.sigmoid(4.0 * (t - p["tlag"])) * (1.0 - xx / p["K"])
-        c6, c12 = inputs["C6"], inputs["C12"]
-        a6, a12 = p["KR6"] * c6, p["KR12"] * c12
-        fR = (_safe_pow(a6, p["nR"]) + _safe_pow(a12, p["nR"])) / (1.0 + a6 + a12) ** p["nR"]
-        s6, s12 = p["KS6"] * c6, p["KS12"] * c12
-        fS = (_safe_pow(s6, p["nS"]) + _safe_pow(s12, p["nS"])) / (1.0 + s6 + s12) ** p["nS"]
+        fR, fS = p["fR"], p["fS"]
         bR, bS = luxR * luxR * fR, lasR * lasR * fS
         gr76, gs76 = p["KGR_76"] * bR, p["KGS_76"] * bS
         gr81, gs81 = p["KGR_81"] * bR, p["KGS_81"] * bS

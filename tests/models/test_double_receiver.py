@@ -179,7 +179,7 @@ def test_white_box_rhs_matches_numpy(seed):
     model = DoubleReceiver()
     tp = {k: torch.as_tensor(v) for k, v in p.items()}
     inputs = {"C6": torch.as_tensor(C6).reshape(-1, 1), "C12": torch.as_tensor(C12).reshape(-1, 1)}
-    out = model.rhs(torch.as_tensor(t), torch.as_tensor(x), tp, inputs)
+    out = model.rhs(torch.as_tensor(t), torch.as_tensor(x), model.with_derived(tp, inputs), inputs)
     assert out.shape == (S, K, 8)
     assert out.dtype == F64
     ref = _np_rhs(t, x, p, C6[:, None], C12[:, None])
@@ -188,7 +188,7 @@ def test_white_box_rhs_matches_numpy(seed):
 
     # The inducers matter: without them, the reporter rates change where receptors bind.
     zero = {"C6": torch.zeros(S, 1, dtype=F64), "C12": torch.zeros(S, 1, dtype=F64)}
-    out0 = model.rhs(torch.as_tensor(t), torch.as_tensor(x), tp, zero).numpy()
+    out0 = model.rhs(torch.as_tensor(t), torch.as_tensor(x), model.with_derived(tp, zero), zero).numpy()
     np.testing.assert_allclose(out0, _np_rhs(t, x, p, 0.0, 0.0), rtol=1e-11, atol=1e-13)
     induced = (C6 > 0) | (C12 > 0)
     assert np.all(np.abs(out0[induced][..., [2, 3]] - ref[induced][..., [2, 3]]) > 1e-8)
@@ -200,8 +200,9 @@ def test_white_box_rhs_float32_keeps_dtype():
     tp = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in p.items()}
     inputs = {"C6": torch.as_tensor(C6, dtype=torch.float32).reshape(-1, 1),
               "C12": torch.as_tensor(C12, dtype=torch.float32).reshape(-1, 1)}
-    out = DoubleReceiver().rhs(torch.as_tensor(t, dtype=torch.float32),
-                               torch.as_tensor(x, dtype=torch.float32), tp, inputs)
+    model = DoubleReceiver()
+    out = model.rhs(torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32),
+                    model.with_derived(tp, inputs), inputs)
     assert out.dtype == torch.float32 and out.shape == (S, K, 8)
     np.testing.assert_allclose(out.numpy(), _np_rhs(t, x, p, C6[:, None], C12[:, None]),
                                rtol=1e-4, atol=1e-5)
@@ -247,7 +248,8 @@ def test_white_box_gradients_finite_at_zero_concentration():
         leaves["KS12"].fill_(0.05)
     x0 = torch.broadcast_to(model.initial_state(leaves, inputs), (n, 2, 8))
     times = torch.linspace(0.0, 3.0, 7, dtype=F64)
-    traj = odeint(lambda t, x: model.rhs(t, x, leaves, inputs), x0, times, method="rk4", n_substeps=2)
+    full = model.with_derived(leaves, inputs)
+    traj = odeint(lambda t, x: model.rhs(t, x, full, inputs), x0, times, method="rk4", n_substeps=2)
     assert traj.shape == (n, 2, 8, 7)
     obs = model.observe(traj.transpose(-1, -2), {k: v.unsqueeze(-1) for k, v in leaves.items()},
                         {k: v.unsqueeze(-1) for k, v in inputs.items()})
@@ -266,7 +268,8 @@ def test_white_box_gradients_finite_at_zero_concentration():
     zero = {"C6": torch.zeros(1, 1, dtype=F64), "C12": torch.zeros(1, 1, dtype=F64)}
     sub = {k: (v[:1] if v.shape[0] == n else v) for k, v in leaves.items()}
     x0 = torch.broadcast_to(model.initial_state(sub, zero), (1, 2, 8))
-    traj = odeint(lambda t, x: model.rhs(t, x, sub, zero), x0, times, method="rk4")
+    full = model.with_derived(sub, zero)
+    traj = odeint(lambda t, x: model.rhs(t, x, full, zero), x0, times, method="rk4")
     traj.sum().backward()
     for name in ("KR6", "KR12", "KS6", "KS12", "nR", "nS"):
         assert torch.isfinite(leaves[name].grad).all(), name
