@@ -150,7 +150,7 @@ class ODEModel(torch.nn.Module):
         return {}
 
     def with_derived(self, params, inputs):
-        """``params`` plus the output of :meth:`derived` (a new dict).
+        """``params`` with the quantities returned by :meth:`derived` added.
 
         Parameters
         ----------
