@@ -21,7 +21,6 @@ Usage::
 import argparse
 import json
 import platform
-import sys
 import time
 import warnings
 
@@ -55,8 +54,7 @@ def eager_baseline(batch, K, device):
     """One forward+backward of the plain eager loop; returns a closure to time."""
     import math
 
-    sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from bench_integrator import PARAM_NAMES, make_params, rhs
+    from bench_integrator import PARAM_NAMES, make_params, rhs, x0_for  # same folder
 
     y = batch["y"]  # (S, 4, T)
     S, T = y.shape[0], y.shape[-1]
@@ -72,8 +70,7 @@ def eager_baseline(batch, K, device):
         z = loc.unsqueeze(1) + log_sd.exp().unsqueeze(1) * eps
         p = {k: z[..., j].exp().reshape(-1) for j, k in enumerate(PARAM_NAMES)}
         inputs = {"C6": u[:, 0].repeat_interleave(K), "C12": u[:, 1].repeat_interleave(K)}
-        x = torch.zeros(S * K, 8, device=device)
-        x = x + torch.tensor([0.002] + [0.0] * 7, device=device)
+        x = x0_for(S * K).to(device)
         states = [x]
         for j in range(T - 1):
             t, h = times[j], times[j + 1] - times[j]
