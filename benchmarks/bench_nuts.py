@@ -77,8 +77,13 @@ def _forward(prior, x):
     return x
 
 
-def numpyro_model_factory(est, data, problem):
-    """A NumPyro model with exactly the priors of the estimator's hierarchy."""
+def numpyro_model_factory(est, data, problem, substeps=1):
+    """A NumPyro model with exactly the priors of the estimator's hierarchy.
+
+    ``data`` needs ``X``, ``times`` and (logistic) ``groups``; the logistic ODE
+    is stepped by Heun with ``substeps`` steps per observation interval (the
+    estimator's ``dt``: 1 for ``dt=None``).
+    """
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -97,7 +102,7 @@ def numpyro_model_factory(est, data, problem):
 
     if problem == "logistic":
         times = np.asarray(data.times, dtype=float)
-        h = np.diff(times)  # Heun on the data grid (dt=None: one step per interval)
+        h = np.diff(times) / substeps
 
         def mean_fn(p):
             r, tlag, K, x0 = p["r"], p["tlag"], p["K"][codes], p["x0"]
@@ -107,10 +112,11 @@ def numpyro_model_factory(est, data, problem):
 
             def step(x, th):
                 t, dt = th
-                k1 = f(t, x)
-                k2 = f(t + dt, x + dt * k1)
-                x_new = x + 0.5 * dt * (k1 + k2)
-                return x_new, x_new
+                for j in range(substeps):
+                    k1 = f(t + j * dt, x)
+                    k2 = f(t + (j + 1) * dt, x + dt * k1)
+                    x = x + 0.5 * dt * (k1 + k2)
+                return x, x
 
             x_init = jnp.broadcast_to(x0, (N,))
             _, xs = jax.lax.scan(step, x_init, (times[:-1], h))

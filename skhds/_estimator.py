@@ -862,8 +862,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         importance estimate of each series' marginal likelihood (individual
         parameters integrated out with ``n_importance_samples`` proposals) and
         ``r`` is the proposal, ``q(g)`` at first and then up to two adaptive
-        refits of a full-covariance Gaussian to the weighted draws. This
-        corrects the mean-field family's bias and its missing correlations;
+        refits of a full-covariance Gaussian to the weighted draws. Each
+        series' proposal inside ``p_hat`` is adapted by importance sampling
+        and replaced by the Laplace approximation of its posterior where that
+        fits better. This corrects the mean-field family's bias and its missing correlations;
         a warning reports an unreliable reweighting (Pareto-k above 0.7).
         Individual parameters are then drawn by SIR given each global draw,
         from the adapted proposals mixed with the population density
@@ -989,10 +991,18 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         individual proposals fit the series' posterior given ``g``; so the
         Laplace approximation is computed ``n_passes`` times: first with
         proposals adapted to ``q(g)`` (``refine`` rounds), then each time with
-        proposals re-adapted (at least 6 rounds) to draws from the previous
-        Laplace proposal. Importance sampling uses the last one. The adapted
-        proposals enter as :class:`~skhds._vae.PriorFollowingProposal`: their
-        shrinkage and covariance follow the population spread ``omega(g)``
+        proposals re-adapted (at least 6 more rounds, continuing from the
+        previous pass) to draws from the previous Laplace proposal.
+        Importance sampling uses the last one. At the centre of every pass,
+        each series' proposal is replaced by the Laplace approximation of its
+        conditional posterior, with a coupling to the global latents from the
+        implicit function theorem, where that fits better
+        (:meth:`~skhds._vae.HierarchicalVAE.laplace_local`): adaptive
+        importance sampling alone converges slowly for series whose encoder
+        output is poor, and their underestimated ``p_hat`` away from where
+        they were adapted pulled the global posterior towards the starting
+        point and made it too narrow. The adapted proposals enter as
+        :class:`~skhds._vae.PriorFollowingProposal`: their shrinkage and covariance follow the population spread ``omega(g)``
         of each global draw exactly (a fixed covariance would make ``p_hat``
         too small wherever ``omega`` differs from where the proposals were
         adapted, and the posterior of ``omega`` too narrow). If the resulting
@@ -1059,9 +1069,15 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                         return proposal.sample(K, sampler).to(device=device, dtype=dtype)
 
                     start = proposal.loc.to(device=device, dtype=dtype)
+                    # The adaptation goes on from the previous pass's proposals.
                     chunks = [(idx, batch, vae.refine_local(batch, self.n_eval_samples, max(refine, 6),
-                                                            gen, sample_globals=sample_globals))
-                              for idx, batch, _ in chunks]
+                                                            gen, sample_globals=sample_globals,
+                                                            local=local))
+                              for idx, batch, local in chunks]
+                # Each series' proposal at the current centre: its Laplace approximation
+                # where that fits the posterior better than adaptive importance sampling did.
+                chunks = [(idx, batch, vae.laplace_local(batch, start, local, self.n_eval_samples, gen))
+                          for idx, batch, local in chunks]
                 used = chunks
                 if follow:
                     # Proposals whose covariance and shrinkage follow omega(g) exactly.
