@@ -122,7 +122,7 @@ def calibration_rows(study, name, draws, truth, clusters=None):
 
 
 def individual_data(n_fits, n_series, seed=0):
-    """The individual study's data sets: ``(params, sim)`` for each fit, with ``times``, ``groups``.
+    """The individual study's data sets: yields ``(params, sim, times, groups)`` per fit.
 
     The population of every fit is drawn from the estimator's hyperpriors
     (location ~ N(m, s), log spread ~ N(log s, 0.5)) and the noise scale from
