@@ -39,7 +39,12 @@ def main():
 
     numpyro.enable_x64()
     params, sim, times, groups = list(bench_calibration.individual_data(args.fit + 1, args.n_series))[-1]
+    if args.fit < 0:
+        parser.error(f"--fit must be a 0-based index >= 0, got {args.fit}")
     path = os.path.join(args.cache, f"individual_0_{args.fit}_{args.n_series}_{args.dt}.joblib")
+    if not os.path.exists(path):
+        parser.error(f"--cache: no fitted estimator {path}; run bench_calibration.py --study "
+                     f"individual --cache {args.cache} first")
     est = joblib.load(path)
     t = time.time()
     post = est.sample_posterior(sim.X, groups=groups, times=times, n_draws=bench_calibration.N_DRAWS,
