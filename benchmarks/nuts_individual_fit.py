@@ -35,12 +35,12 @@ def main():
     parser.add_argument("--dt", type=float, default=0.1)
     parser.add_argument("--samples", type=int, default=500, help="warm-up and kept draws per chain")
     args = parser.parse_args()
+    if args.fit < 0:
+        parser.error(f"--fit must be a 0-based index >= 0, got {args.fit}")
     import numpyro
 
     numpyro.enable_x64()
     params, sim, times, groups = list(bench_calibration.individual_data(args.fit + 1, args.n_series))[-1]
-    if args.fit < 0:
-        parser.error(f"--fit must be a 0-based index >= 0, got {args.fit}")
     path = os.path.join(args.cache, f"individual_0_{args.fit}_{args.n_series}_{args.dt}.joblib")
     if not os.path.exists(path):
         parser.error(f"--cache: no fitted estimator {path}; run bench_calibration.py --study "
