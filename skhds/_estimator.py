@@ -860,7 +860,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         ``p(g, z | X)``): ``n_proposals`` global draws get the importance weight
         ``p(g) prod_i p_hat(y_i | g) / r(g)``, where ``p_hat`` is an unbiased
         importance estimate of each series' marginal likelihood (individual
-        parameters integrated out with ``n_importance_samples`` proposals) and
+        parameters integrated out with ``n_importance_samples`` proposals, a
+        tenth of them from the population density ``p(z | g)``) and
         ``r`` is the proposal, ``q(g)`` at first and then up to two adaptive
         refits of a full-covariance Gaussian to the weighted draws. Each
         series' proposal inside ``p_hat`` is adapted by importance sampling
@@ -982,8 +983,13 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         individual draws that are the same for every ``g`` (common random
         numbers: a smooth, differentiable target whose weights are not swamped
         by Monte Carlo noise summed over many series; fresh draws for every
-        ``g`` would be unbiased but, summed over the series, too noisy). It
-        gives the Laplace approximation and the importance weights
+        ``g`` would be unbiased but, summed over the series, too noisy); a
+        tenth of them come from the population density ``p(z | g)``
+        (defensive importance sampling), so that where a series' adapted
+        proposal misses part of its posterior at some ``g``, ``p_hat`` there
+        is not underestimated unseen (with shared draws such an error is
+        smooth in ``g`` and does not show as noise). It gives the
+        Laplace approximation and the importance weights
         (:func:`~skhds.inference.adaptive_importance_sampling`, Student-t
         proposals).
 
@@ -1032,7 +1038,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         max_scale = float(np.max(vae.hierarchy.prior_scale))  # flat directions: prior-wide
 
         def make_target(chunks):
-            """``log p(g) + sum_i log p_hat(y_i | g)`` with common random numbers."""
+            """``log p(g) + sum_i log p_hat(y_i | g)``: common random numbers, defensive draws."""
             eps = [torch.randn((len(idx), L, n_ind), generator=gen, dtype=dtype, device=device)
                    for idx, _, _ in chunks]
 
@@ -1041,7 +1047,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 total = vae.log_prior_global(g).double()
                 for (_, batch, local), e in zip(chunks, eps):
                     parts = [vae.log_likelihood_given_globals(batch, g[j : j + step], L, gen,
-                                                              local=local, eps=e).double().sum(0)
+                                                              local=local, eps=e,
+                                                              defensive=_DEFENSIVE).double().sum(0)
                              for j in range(0, g.shape[0], step)]
                     total = total + torch.cat(parts)
                 return total

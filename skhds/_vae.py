@@ -386,7 +386,7 @@ class HierarchicalVAE(torch.nn.Module):
         g = self.q_global.rsample(K, generator)
         return self.log_weights(batch, K, g, generator, include_global=include_global, local=local)
 
-    def log_likelihood_given_globals(self, batch, g, L, generator, local=None, eps=None):
+    def log_likelihood_given_globals(self, batch, g, L, generator, local=None, eps=None, defensive=0.0):
         """Importance estimates of ``log p(y_i | g_m)`` for global draws ``g``.
 
         Each of the ``G`` global draws gets ``L`` individual samples per
@@ -403,6 +403,11 @@ class HierarchicalVAE(torch.nn.Module):
         generator : torch.Generator
         local : tuple or PriorFollowingProposal, optional
             Individual proposals, as in :meth:`log_weights`.
+        eps : torch.Tensor of shape (S, L, n_individual), optional
+            Common random numbers.
+        defensive : float, default=0.0
+            Fraction of the ``L`` draws taken from ``p(z | g)``, as in
+            :meth:`log_weights`.
 
         Returns
         -------
@@ -411,7 +416,8 @@ class HierarchicalVAE(torch.nn.Module):
         G = g.shape[0]
         if eps is not None:
             eps = eps.repeat(1, G, 1)
-        out = self.log_weights(batch, G * L, g, generator, local=local, eps=eps, g_repeats=L)
+        out = self.log_weights(batch, G * L, g, generator, local=local, eps=eps, g_repeats=L,
+                               defensive=defensive)
         log_w = out["log_w"].reshape(-1, G, L)
         return torch.logsumexp(log_w, -1) - math.log(L)
 
