@@ -624,7 +624,12 @@ class HierarchicalVAE(torch.nn.Module):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            opt.step(closure)
+            try:
+                opt.step(closure)
+            except RuntimeError:
+                # A line search that overflows on a pathological series: its
+                # non-finite mode is caught below and the series keeps its proposal.
+                pass
         mode = z.detach()
 
         def grad_at(x, gg):

@@ -71,6 +71,11 @@ class MultivariateStudentT:
 def laplace_approximation(log_target, start, step, max_scale, max_iter=100):
     """Mode and inverse negative Hessian of ``log_target``.
 
+    Points where ``log_target`` is not finite (``-inf`` outside its support,
+    NaN where a simulation overflowed) count as worse than any point seen, so
+    L-BFGS's line search backs off from them; the best finite point visited
+    is returned.
+
     Parameters
     ----------
     log_target : callable
@@ -102,15 +107,27 @@ def laplace_approximation(log_target, start, step, max_scale, max_iter=100):
     def closure():
         opt.zero_grad()
         loss = -log_target(g.unsqueeze(0)).sum()
-        loss.backward()
         value = float(loss.detach())
-        if math.isfinite(value) and value < best[0]:
+        if not math.isfinite(value):
+            # Where the target is not finite (outside its support, an overflowing
+            # simulation): a loss worse than any seen and no gradient, so that the
+            # line search backs off instead of interpolating with inf or NaN.
+            g.grad = torch.zeros_like(g)
+            worst = abs(best[0]) if math.isfinite(best[0]) else 0.0
+            return torch.as_tensor(worst + 1e3 * (1.0 + worst), dtype=loss.dtype, device=loss.device)
+        loss.backward()
+        g.grad = torch.nan_to_num(g.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if value < best[0]:
             best[0], best[1] = value, g.detach().clone()
         return loss
 
-    opt.step(closure)
-    # A line search through a region where the target is not finite can leave
-    # L-BFGS at a non-finite point: keep the best finite point it visited.
+    try:
+        opt.step(closure)
+    except RuntimeError:
+        # The line search's step can still overflow on a pathological target;
+        # the best finite point visited is kept (it only centres a proposal).
+        pass
+    # Keep the best finite point L-BFGS visited.
     mode = best[1]
 
     def grad(x):

@@ -58,6 +58,24 @@ def test_laplace_caps_flat_directions():
     np.testing.assert_allclose(np.diag(cov.numpy()), [1.0, 9.0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("outside", [-math.inf, math.nan])
+def test_laplace_survives_a_target_that_is_not_finite_where_it_increases(outside):
+    """The target rises towards the edge of its support (``x0 < 2``) and is
+    ``-inf`` or NaN beyond it: L-BFGS's line search steps out of the support.
+    The result must be a finite point inside it, at least as good as nearby
+    points (with NaN this used to fail inside torch's line search)."""
+    def target(x):
+        x = x.float()
+        v = -0.5 * ((x - 3.0) ** 2).sum(-1)
+        return torch.where(x[:, 0] < 2.0, v, torch.full_like(v, outside))
+
+    mode, cov = laplace_approximation(target, torch.zeros(2), torch.full((2,), 0.01), max_scale=3.0)
+    assert torch.isfinite(mode).all() and float(mode[0]) < 2.0
+    # the supremum is -0.5 (at x = (2, 3)); the start has -9 (measured: -1.0)
+    assert float(target(mode.unsqueeze(0))[0]) > -2.0
+    assert torch.isfinite(cov).all()
+
+
 def skewed_target(x):
     """log-normal in the first coordinate (skewed), Gaussian in the second."""
     x = x.double()
