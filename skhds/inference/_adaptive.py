@@ -142,7 +142,9 @@ def laplace_approximation(log_target, start, step, max_scale, max_iter=100):
         e = torch.zeros_like(mode)
         e[j] = h[j]
         hess[:, j] = (grad(mode + e) - grad(mode - e)) / (2 * float(h[j]))
-    precision = -0.5 * (hess + hess.T)
+    # Curvature that could not be measured (a finite-difference step into a
+    # region where the target is not finite) counts as flat: capped below.
+    precision = torch.nan_to_num(-0.5 * (hess + hess.T), nan=0.0, posinf=0.0, neginf=0.0)
     evals, evecs = torch.linalg.eigh(precision)
     evals = evals.clamp(min=1.0 / max_scale**2)
     return mode, evecs @ torch.diag(1.0 / evals) @ evecs.T

@@ -76,6 +76,25 @@ def test_laplace_survives_a_target_that_is_not_finite_where_it_increases(outside
     assert torch.isfinite(cov).all()
 
 
+def test_laplace_covariance_is_valid_when_a_difference_step_leaves_the_support():
+    """``sqrt(2 - x0)`` and its gradient are NaN beyond ``x0 = 2``; the mode is
+    inside (``x0`` about 1.2) and a finite-difference step of 1 crosses the edge.
+    The covariance must stay a valid one (that direction counted as flat,
+    capped at ``max_scale``)."""
+    def target(x):
+        x = x.double()
+        return -0.5 * ((x - 3.0) ** 2).sum(-1) + torch.sqrt(2.0 - x[:, 0])
+
+    mode, cov = laplace_approximation(target, torch.zeros(2, dtype=torch.float64),
+                                      torch.tensor([1.0, 0.01], dtype=torch.float64), max_scale=3.0)
+    x0 = float(mode[0])
+    assert 0.0 < x0 < 2.0 and abs(3.0 - x0 - 0.5 / math.sqrt(2.0 - x0)) < 1e-4  # stationary
+    assert abs(float(mode[1]) - 3.0) < 1e-4
+    assert torch.isfinite(cov).all()
+    torch.linalg.cholesky(cov)  # positive definite
+    np.testing.assert_allclose(np.diag(cov.numpy()), [9.0, 1.0], rtol=1e-4)
+
+
 def skewed_target(x):
     """log-normal in the first coordinate (skewed), Gaussian in the second."""
     x = x.double()
