@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from .distributions import gaussian_log_prob, gaussian_rsample
-from .inference import minibatch_objective, normalized_weights, sanitize_log_weights
+from .inference import effective_sample_size, minibatch_objective, normalized_weights, sanitize_log_weights
 from .solvers import odeint
 
 __all__ = ["HierarchicalVAE", "PriorFollowingProposal"]
@@ -333,7 +333,7 @@ class HierarchicalVAE(torch.nn.Module):
                               device=loc.device)
         if coupling is not None:
             # q(z_i | y_i, g): the mean follows the global draw (one per sample, or shared).
-            delta = torch.where(self.coupling_mask, g - self.q_global.loc.detach(), torch.zeros_like(g))
+            delta = self._coupling_delta(g)
             loc = loc.unsqueeze(1) + torch.einsum("snd,kd->skn", coupling, delta)
         z = gaussian_rsample(loc, scale, eps)
         if detach_q:
@@ -451,7 +451,7 @@ class HierarchicalVAE(torch.nn.Module):
         slopes = None
         if coupling is not None:
             coupling = coupling.to(f64)
-            delta = torch.where(self.coupling_mask, g_ref - self.q_global.loc.to(f64), torch.zeros_like(g_ref))
+            delta = self._coupling_delta(g_ref)
             mean = mean + torch.einsum("snd,kd->skn", coupling, delta)[:, 0]
             keep = self.coupling_mask.clone()
             for i_mu, i_om in self.hierarchy.ind_index.values():
@@ -528,7 +528,7 @@ class HierarchicalVAE(torch.nn.Module):
             ok = moved & (ess >= n + 2.0)  # enough effective draws for a covariance
             dtype = loc.dtype
             if coupling is not None:
-                dg = torch.where(self.coupling_mask, g - self.q_global.loc, torch.zeros_like(g))
+                dg = self._coupling_delta(g)
                 dg = dg.to(torch.float64)  # (K, D)
                 slope = _weighted_slopes(w, dg, z, coupling.to(torch.float64))
                 # With few effective draws the slope is kept and only the mean moves.
@@ -551,6 +551,10 @@ class HierarchicalVAE(torch.nn.Module):
                 scale = torch.where(ok[:, None], new_scale, scale)
             loc = torch.where(moved[:, None], mean.to(dtype), loc)
         return loc, scale, coupling
+
+    def _coupling_delta(self, g):
+        """``g - q(g)``'s location in the coordinates the individual means are coupled to, else 0."""
+        return torch.where(self.coupling_mask, g - self.q_global.loc.detach().to(g), torch.zeros_like(g))
 
     def _log_joint_local(self, batch, g, z):
         """``log p(y_i | z_i, g) + log p(z_i | g)`` for one global draw ``g`` (1, D) and ``z`` (S, n)."""
@@ -607,7 +611,7 @@ class HierarchicalVAE(torch.nn.Module):
         g = g_ref.reshape(1, -1).to(device=loc.device, dtype=loc.dtype)
         shift = torch.zeros_like(loc)
         if coupling is not None:
-            delta = torch.where(self.coupling_mask, g - self.q_global.loc.detach(), torch.zeros_like(g))
+            delta = self._coupling_delta(g)
             shift = torch.einsum("snd,kd->sn", coupling, delta)
         start = (loc + shift).detach()
         S, n = start.shape
@@ -681,11 +685,9 @@ class HierarchicalVAE(torch.nn.Module):
             new_loc = (mode - (shift if coupling is None else shift_new)).to(loc.dtype)
             new_scale = torch.where(ok.view(-1, *([1] * (scale.dim() - 1))), new_scale.to(scale.dtype), scale)
             new_loc = torch.where(ok[:, None], new_loc, loc)
-            ess = []
-            for cand in ((loc, scale, coupling), (new_loc, new_scale, new_coupling)):
-                out = self.log_weights(batch, K, g, generator, local=cand)
-                ess.append(1.0 / normalized_weights(out["log_w"]).to(torch.float64).pow(2).sum(-1))
-            better = ok & (torch.nan_to_num(ess[1], nan=0.0) > torch.nan_to_num(ess[0], nan=0.0))
+            ess = [effective_sample_size(self.log_weights(batch, K, g, generator, local=cand)["log_w"].double())
+                   for cand in ((loc, scale, coupling), (new_loc, new_scale, new_coupling))]
+            better = ok & (ess[1] > ess[0])
             loc = torch.where(better[:, None], new_loc, loc)
             scale = torch.where(better.view(-1, *([1] * (scale.dim() - 1))), new_scale, scale)
             if coupling is not None:
