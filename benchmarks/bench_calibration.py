@@ -148,10 +148,10 @@ def individual_data(n_fits, n_series, seed=0):
         yield params, sim, times, groups
 
 
-def individual_study(n_fits, n_series, seed=0, dt=0.1):
+def individual_study(n_fits, n_series, seed=0, dt=0.1, n_proposals=1000):
     model = LogisticGrowth()
     truths, posts = {"r": [], "tlag": []}, {"variational": [], "importance": []}
-    fit_s, epochs, per_fit, flagged = [], [], [], []
+    fit_s, epochs, per_fit, flagged, is_s = [], [], [], [], []
     for f, (params, sim, times, groups) in enumerate(individual_data(n_fits, n_series, seed)):
         t = time.time()
         # ``simulate`` integrates finely (RK4, a tenth of the interval); the
@@ -163,10 +163,13 @@ def individual_study(n_fits, n_series, seed=0, dt=0.1):
         epochs.append(int(est.n_iter_))
         kw = dict(groups=groups, times=times, n_draws=N_DRAWS, random_state=1)
         for method in posts:
-            extra = {"method": "importance", "refine": 3, "n_proposals": 300} if method == "importance" else {}
+            extra = {"method": "importance", "refine": 3, "n_proposals": n_proposals} if method == "importance" else {}
+            t = time.time()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 post = est.sample_posterior(sim.X, **kw, **extra)
+            if method == "importance":
+                is_s.append(time.time() - t)
             posts[method].append({name: post[name] for name in truths})
             if method == "importance":
                 flagged.append(sum("unreliable" in str(w.message) for w in caught))
@@ -179,7 +182,7 @@ def individual_study(n_fits, n_series, seed=0, dt=0.1):
         per_fit.append({"sigma": round(params["sigma_x"], 4),
                         "tlag_cover90": float(np.mean((truth >= lo) & (truth <= hi))),
                         "tlag_mean_rank": round(float(np.mean(posts["importance"][-1]["tlag"] < truth)), 3),
-                        "unreliable_warnings": flagged[-1]})
+                        "unreliable_warnings": flagged[-1], "importance_s": round(is_s[-1], 1)})
         print(f"individual fit {f + 1}/{n_fits}: sigma {params['sigma_x']:.3g}, "
               f"{fit_s[-1]:.0f} s, {per_fit[-1]}", file=sys.stderr, flush=True)
     rows = []
@@ -190,7 +193,8 @@ def individual_study(n_fits, n_series, seed=0, dt=0.1):
             row = calibration_rows("individual", name, draws, np.concatenate(truths[name]), clusters=fits)
             rows.append({**row, "posterior": method})
     return rows, {"fits": n_fits, "series_per_fit": n_series, "fit_s": round(sum(fit_s), 1),
-                  "epochs": epochs, "dt": dt, "per_fit": per_fit}
+                  "epochs": epochs, "dt": dt, "n_proposals": n_proposals,
+                  "importance_s": round(sum(is_s), 1), "per_fit": per_fit}
 
 
 def exact_draws(est, y, n_draws, rng, n_grid=81):
@@ -323,6 +327,9 @@ def main():
     parser.add_argument("--dt", type=float, default=0.1,
                         help="solver step of the estimator in the individual study (hours)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--n-proposals", type=int, default=1000,
+                        help="global draws per round of the importance path, individual study "
+                             "(the package default)")
     parser.add_argument("--cache", default=None,
                         help="folder to keep the individual study's fitted estimators in (reused)")
     args = parser.parse_args()
@@ -334,7 +341,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     for study in args.study:
         if study == "individual":
-            rows, info = individual_study(args.individual_fits, args.n_series, dt=args.dt)
+            rows, info = individual_study(args.individual_fits, args.n_series, dt=args.dt,
+                                          n_proposals=args.n_proposals)
         elif study == "clustered-check":
             rows, info = clustered_check()
         else:

@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._data import EncoderScaling, SeriesData
 from ._persistence import decode_state, encode_state, to_numpy, to_torch
 from ._validation import (
+    check_bool,
     check_groups,
     check_inputs,
     check_observations,
@@ -675,8 +676,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             series (or the reference implementation's bound).
         """
         refine = check_positive_int(refine, "refine", minimum=0)
-        if not isinstance(include_global, (bool, np.bool_)):
-            raise TypeError(f"include_global must be True or False, got {include_global!r}.")
+        include_global = check_bool(include_global, "include_global")
         data = self._prepare(X, groups, inputs, times, reset=False)
         return self._score_data(data, self.n_eval_samples, refine=refine,
                                 include_global=bool(include_global))
@@ -847,7 +847,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         return np.array([s.name for s in self.vae_.hierarchy.individual], dtype=object)
 
     def sample_posterior(self, X, *, groups=None, inputs=None, times=None, n_draws=100,
-                         method="variational", refine=0, n_proposals=1000, random_state=None):
+                         method="variational", refine=0, n_proposals=1000, n_replicates=1,
+                         return_diagnostics=False, random_state=None):
         """Draw from the approximate posterior.
 
         With ``method="variational"``, population and group quantities are
@@ -873,6 +874,16 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         ``p(z | g)`` (a tenth of the draws; defensive importance sampling),
         so that tails the data barely constrain are not cut off.
 
+        The importance path is a Monte Carlo method, so two runs with
+        different seeds give slightly different posteriors. Its Monte Carlo
+        error is reported with ``return_diagnostics=True``. With
+        ``n_replicates=R`` (at least 2; 4 or more for a usable error
+        estimate), the whole importance path runs ``R`` times on independent
+        random streams, each giving ``n_draws / R`` of the draws. The spread
+        of the ``R`` means then measures the total error of the pooled
+        posterior mean, including the error of the surrogate target, which the
+        weights alone cannot show. The cost is ``R`` times that of one run.
+
         Parameters
         ----------
         X : array-like of shape (n_series, n_observables, n_times)
@@ -892,74 +903,105 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             importance sampling (see :meth:`importance_diagnostics`).
         n_proposals : int, default=1000
             Global proposals per adaptive round (``method="importance"``).
+        n_replicates : int, default=1
+            Independent runs of the importance path whose draws are pooled
+            (``method="importance"`` only); with 2 or more, the Monte Carlo
+            error is estimated from their spread.
+        return_diagnostics : bool, default=False
+            Also return a dict of diagnostics (see Returns).
         random_state : int, RandomState instance or None
             Seed of the draws (default: derived from the estimator's).
 
         Returns
         -------
-        dict
+        draws : dict
             Population parameters ``(n_draws,)``; group parameters
             ``(n_draws, n_levels)`` (levels in ``categories_`` order);
             individual parameters ``(n_draws, n_series)``; hyperparameters
             ``mu_<name>``, ``omega_<name>``/``tau_<name>`` on the
             unconstrained scale.
+        diagnostics : dict
+            Only with ``return_diagnostics=True``:
+
+            - ``"mcse"``: for each key of ``draws`` that the error is estimated for,
+              the Monte Carlo standard error of the mean of its draws (shape
+              of one draw).
+              With ``n_replicates >= 2``: it is the spread of the replicate means
+              divided by ``sqrt(R)``, for every key.
+              With one importance run: it comes from the global weights
+              (``sqrt(sum_k w_k^2 (f_k - mean)^2 + var / n_draws)``), for the
+              global keys only. This counts the error from the finite number of
+              global draws and from resampling. It does not count the error of the
+              surrogate target. In the validation study the spread between
+              runs was about 1.6 times this (see the validation report).
+              With ``method="variational"``: ``sd / sqrt(n_draws)`` for the
+              global keys. This is the error relative to ``q(g)``, not that of
+              ``q(g)`` relative to the posterior.
+            - ``"mcse_sd"``: ``mcse`` divided by the posterior sd of the draws
+              (the error in posterior sds, as the validation targets are
+              stated).
+            - ``"mcse_method"``: ``"replicates"``, ``"weights"`` or
+              ``"variational"``.
+            - ``"local_ess"``: ``(n_series,)``. The effective sample size of each
+              series' individual importance weights: given each global draw,
+              averaged over the draws (importance), or over its
+              ``n_eval_samples`` proposals (variational).
+            - ``"pareto_k"``, ``"ess"``: ``(n_replicates,)``. The Pareto-k and
+              the effective sample size of the global importance weights of
+              each run (importance only).
         """
         n_draws = check_positive_int(n_draws, "n_draws")
         refine = check_positive_int(refine, "refine", minimum=0)
         n_proposals = check_positive_int(n_proposals, "n_proposals", minimum=10)
+        n_replicates = check_positive_int(n_replicates, "n_replicates")
+        return_diagnostics = check_bool(return_diagnostics, "return_diagnostics")
         if method not in ("variational", "importance"):
             raise ValueError(f"method must be 'variational' or 'importance', got {method!r}.")
+        if method == "variational" and n_replicates != 1:
+            raise ValueError("n_replicates applies to method='importance' only (the variational "
+                             f"draws are independent); got n_replicates={n_replicates}.")
+        if n_draws < 2 * n_replicates:
+            raise ValueError(f"n_draws must be at least twice n_replicates (each replicate gives "
+                             f"n_draws / n_replicates draws), got n_draws={n_draws} and "
+                             f"n_replicates={n_replicates}.")
         data = self._prepare(X, groups, inputs, times, reset=False)
         device, _ = self._device_dtype()
         seed = (self._eval_seed + 3 if random_state is None
                 else check_random_state(random_state).randint(0, 2**31 - 1))
         gen = self._generator(device, seed)
         names = list(self.get_feature_names_out())
-        ind = {n: [] for n in names}
+        describe = self.vae_.hierarchy.describe_global
         if method == "variational":
             with torch.no_grad():
                 g = self.vae_.q_global.rsample(n_draws, gen)
+            ind = {n: [] for n in names}
+            local_ess = []
             for res, w in self._weighted_individual(data, self.n_eval_samples, gen, refine):
                 pick = _resample(w, n_draws, gen)
+                local_ess.append(effective_sample_size(res["log_w"]).double().cpu())
                 for n in names:
                     v = res["params"][n].expand_as(w)
                     ind[n].append(torch.gather(v, 1, pick).t().cpu().numpy())
+            out = describe(g)
+            mcse = {k: v.std(0) / math.sqrt(n_draws) for k, v in out.items()}
+            diagnostics = {"mcse_method": "variational", "local_ess": torch.cat(local_ess).numpy()}
+            for n in names:
+                out[n] = np.concatenate(ind[n], axis=1)
         else:
-            g_unique, inv, chunks = self._reweighted_globals(data, n_draws, n_proposals, gen, refine)
-            g = g_unique[inv]
-            L = self.n_importance_samples
-            counts = torch.bincount(inv, minlength=g_unique.shape[0]).to(torch.float64)
-            local_ess = []
-            step = max(1, 65536 // (L * self.batch_size))
-            for _, batch, local in chunks:
-                S = batch["y"].shape[0]
-                vals = {n: torch.empty((S, n_draws), dtype=torch.float64) for n in names}
-                ess_sum = torch.zeros(S, dtype=torch.float64)
-                for j in range(0, g_unique.shape[0], step):
-                    gb = g_unique[j : j + step]
-                    Gb = gb.shape[0]
-                    with torch.no_grad():
-                        res = self.vae_.log_weights(batch, Gb * L, gb, gen, local=local, g_repeats=L,
-                                                    defensive=_DEFENSIVE)
-                    lw = res["log_w"].reshape(S, Gb, L)
-                    ess_b = effective_sample_size(lw.reshape(S * Gb, L)).reshape(S, Gb).cpu().double()
-                    ess_sum += (ess_b * counts[j : j + Gb]).sum(1)
-                    d = torch.nonzero((inv >= j) & (inv < j + Gb)).squeeze(-1)
-                    if d.numel() == 0:
-                        continue
-                    u = (inv[d] - j).to(lw.device)
-                    w = normalized_weights(lw)[:, u, :].reshape(S * len(d), L)
-                    pick = _resample(w, 1, gen).reshape(S, len(d), 1)
-                    for n in names:
-                        v = res["params"][n].expand(S, Gb * L).reshape(S, Gb, L)[:, u, :]
-                        vals[n][:, d.cpu()] = torch.gather(v, 2, pick).squeeze(-1).cpu().double()
-                for n in names:
-                    ind[n].append(vals[n].t().numpy())
-                local_ess.append(ess_sum / n_draws)
+            shares = [n_draws // n_replicates + (r < n_draws % n_replicates)
+                      for r in range(n_replicates)]
+            runs = []
+            for share in shares:
+                g_unique, inv, chunks, info = self._reweighted_globals(data, share, n_proposals, gen,
+                                                                       refine)
+                run = describe(g_unique[inv])
+                run_ind, run_ess = self._individual_given_globals(chunks, g_unique, inv, gen, names)
+                runs.append(({**run, **run_ind}, run_ess, info))
             # Per series: the mean (over global draws) effective sample size of its
             # individual draws given the global draw. Low values mean that the
             # marginal likelihoods behind the global weights were underestimated.
-            ess = torch.cat(local_ess)
+            L = self.n_importance_samples
+            ess = sum(e * share for (_, e, _), share in zip(runs, shares)) / n_draws
             poor = float((ess < 0.25 * L).float().mean())
             if poor > 0.1:
                 warnings.warn(
@@ -970,10 +1012,67 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                     "the model was fitted to? Increase refine, or train longer.",
                     RuntimeWarning, stacklevel=2,
                 )
-        out = self.vae_.hierarchy.describe_global(g)
-        for n in names:
-            out[n] = np.concatenate(ind[n], axis=1).astype(np.float64)
-        return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+            out = {k: np.concatenate([r[0][k] for r in runs]) for k in runs[0][0]}
+            if n_replicates > 1:
+                means = {k: np.stack([np.asarray(r[0][k], np.float64).mean(0) for r in runs])
+                         for k in out}
+                mcse = {k: m.std(0, ddof=1) / math.sqrt(n_replicates) for k, m in means.items()}
+            else:
+                x, w = runs[0][2]["draws"], runs[0][2]["weights"].cpu().double().numpy()
+                mcse = {k: _weighted_mcse(f, w, n_draws) for k, f in describe(x).items()}
+            diagnostics = {"mcse_method": "replicates" if n_replicates > 1 else "weights",
+                           "local_ess": ess.numpy(),
+                           "pareto_k": np.array([r[2]["pareto_k"] for r in runs]),
+                           "ess": np.array([r[2]["ess"] for r in runs])}
+        out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+        if not return_diagnostics:
+            return out
+        mcse = {k: np.asarray(v, dtype=np.float64) for k, v in mcse.items()}
+        sd = {k: out[k].std(0) for k in mcse}
+        diagnostics["mcse"] = mcse
+        diagnostics["mcse_sd"] = {k: np.divide(v, sd[k], out=np.full_like(v, np.nan), where=sd[k] > 0)
+                                  for k, v in mcse.items()}
+        return out, diagnostics
+
+    def _individual_given_globals(self, chunks, g_unique, inv, gen, names):
+        """Individual draws by SIR given each global draw ``g_unique[inv]``.
+
+        Returns the draws ``{name: (n_draws, n_series)}`` and each series'
+        effective sample size of its individual weights, averaged over the
+        global draws.
+        """
+        n_draws = inv.shape[0]
+        L = self.n_importance_samples
+        counts = torch.bincount(inv, minlength=g_unique.shape[0]).to(torch.float64)
+        ind = {n: [] for n in names}
+        local_ess = []
+        step = max(1, 65536 // (L * self.batch_size))
+        for _, batch, local in chunks:
+            S = batch["y"].shape[0]
+            vals = {n: torch.empty((S, n_draws), dtype=torch.float64) for n in names}
+            ess_sum = torch.zeros(S, dtype=torch.float64)
+            for j in range(0, g_unique.shape[0], step):
+                gb = g_unique[j : j + step]
+                Gb = gb.shape[0]
+                with torch.no_grad():
+                    res = self.vae_.log_weights(batch, Gb * L, gb, gen, local=local, g_repeats=L,
+                                                defensive=_DEFENSIVE)
+                lw = res["log_w"].reshape(S, Gb, L)
+                ess_b = effective_sample_size(lw.reshape(S * Gb, L)).reshape(S, Gb).cpu().double()
+                ess_sum += (ess_b * counts[j : j + Gb]).sum(1)
+                d = torch.nonzero((inv >= j) & (inv < j + Gb)).squeeze(-1)
+                if d.numel() == 0:
+                    continue
+                u = (inv[d] - j).to(lw.device)
+                w = normalized_weights(lw)[:, u, :].reshape(S * len(d), L)
+                pick = _resample(w, 1, gen).reshape(S, len(d), 1)
+                for n in names:
+                    v = res["params"][n].expand(S, Gb * L).reshape(S, Gb, L)[:, u, :]
+                    vals[n][:, d.cpu()] = torch.gather(v, 2, pick).squeeze(-1).cpu().double()
+            for n in names:
+                ind[n].append(vals[n].t().numpy())
+            local_ess.append(ess_sum / n_draws)
+        return {n: np.concatenate(v, axis=1) for n, v in ind.items()}, torch.cat(local_ess)
 
     def _reweighted_globals(self, data, n_draws, n_proposals, gen, refine, n_passes=3):
         """Importance sampling of the global latents given ``data``.
@@ -1025,6 +1124,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             For every posterior draw, its row of ``g``.
         chunks : list
             ``(idx, batch, local)`` with the final individual proposals.
+        info : dict
+            ``draws`` (all global proposals), their normalised ``weights``,
+            and the weights' ``pareto_k`` and effective sample size ``ess``.
         """
         vae = self.vae_
         L = max(self.n_importance_samples, 256)
@@ -1125,7 +1227,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             )
         pick = torch.multinomial(w, n_draws, replacement=True, generator=sampler)
         used, inv = torch.unique(pick, return_inverse=True)
-        return g[used.to(device)], inv, chunks
+        info = {"draws": g, "weights": w, "pareto_k": khat, "ess": ess}
+        return g[used.to(device)], inv, chunks, info
 
     def importance_diagnostics(self, X, *, groups=None, inputs=None, times=None, refine=0):
         """Reliability of the importance weights of each series.
@@ -1259,6 +1362,19 @@ class _Template:
     def __init__(self, n_obs, n_inputs):
         self.y = np.zeros((0, n_obs, 1))
         self.inputs = np.zeros((0, n_inputs))
+
+
+def _weighted_mcse(f, w, n_draws):
+    """Monte Carlo standard error of the mean of ``n_draws`` resampled from weighted draws.
+
+    ``f`` has shape ``(n, ...)``, ``w`` (normalised) shape ``(n,)``: the
+    self-normalised importance estimate's variance ``sum_k w_k^2 (f_k -
+    mean)^2`` (delta method) plus the resampling variance ``var / n_draws``.
+    """
+    w = w.reshape((-1,) + (1,) * (f.ndim - 1))
+    mean = (w * f).sum(0)
+    dev2 = (f - mean) ** 2
+    return np.sqrt((w * w * dev2).sum(0) + (w * dev2).sum(0) / n_draws)
 
 
 def _resample(w, n, gen):

@@ -29,6 +29,13 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
+def check_bool(value, name):
+    """Return ``value`` as bool if it is ``True`` or ``False`` (numpy's too); else raise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_positive_float(value, name, allow_none=False):
     """Return ``value`` as float if it is a finite number ``> 0``; else raise."""
     if value is None and allow_none:

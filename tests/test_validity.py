@@ -422,12 +422,105 @@ def test_reference_bound_is_a_bound_on_each_series_prior_marginal_likelihood(pro
         est.score_samples(sim.X, times=times, include_global="yes")
 
 
+def test_reported_monte_carlo_error_of_the_importance_posterior_matches_its_actual_error(problem):
+    """Independent runs with few global draws against the exact posterior: the error of
+    each run's posterior mean, divided by the Monte Carlo standard error it reports, is
+    about standard normal. An error of n_draws independent draws (sd / sqrt(n_draws),
+    blind to the 100 weighted global draws behind the 1000 draws) would be 3x too small."""
+    est, sim, times = problem
+    exact = _exact(est, sim.X[:, 0])
+    names = ("mu_theta", "omega_theta", "sigma_x")
+    z, err = [], []
+    for seed in range(16):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            post, diag = est.sample_posterior(sim.X, times=times, n_draws=1000, method="importance",
+                                              n_proposals=100, random_state=seed,
+                                              return_diagnostics=True)
+        assert diag["mcse_method"] == "weights"
+        assert diag["pareto_k"].shape == (1,) and diag["ess"].shape == (1,)
+        assert set(diag["mcse"]) == set(est.vae_.hierarchy.describe_global(
+            est.vae_.q_global.loc.detach()[None]))  # every global key, no individual one
+        z.append([(post[k].mean() - exact[k][0]) / diag["mcse"][k] for k in names])
+        err.append([(post[k].mean() - exact[k][0]) / exact[k][1] for k in names])
+        for k in names:
+            np.testing.assert_allclose(diag["mcse_sd"][k], diag["mcse"][k] / post[k].std())
+    rms = np.sqrt(np.mean(np.square(z), 0))  # measured: 1.11, 0.92, 1.15
+    assert np.all((rms > 0.6) & (rms < 1.6)), rms
+    # and the errors themselves are what 100 draws should give (not a biased posterior)
+    assert np.all(np.abs(np.mean(err, 0)) < 0.12), np.mean(err, 0)
+
+
+def test_replicates_pool_independent_runs_and_estimate_the_error_from_their_spread(problem):
+    est, sim, times = problem
+    exact = _exact(est, sim.X[:, 0])
+    R, n_draws = 3, 301
+    post, diag = est.sample_posterior(sim.X, times=times, n_draws=n_draws, method="importance",
+                                      n_proposals=100, n_replicates=R, random_state=0,
+                                      return_diagnostics=True)
+    assert diag["mcse_method"] == "replicates"
+    assert diag["pareto_k"].shape == (R,) and np.all(diag["ess"] > 10)
+    assert set(diag["mcse"]) == set(post)  # individual parameters too
+    assert diag["mcse"]["theta"].shape == (N,) and diag["local_ess"].shape == (N,)
+    # draws in replicate order (101, 100, 100): the error is the spread of the block means
+    for k, v in post.items():
+        assert v.shape[0] == n_draws
+        means = np.stack([b.mean(0) for b in np.split(v, [101, 201])])
+        np.testing.assert_allclose(diag["mcse"][k], means.std(0, ddof=1) / math.sqrt(R))
+    # the replicates are independent runs (not copies), and the pooled posterior is right
+    assert np.all(diag["mcse"]["theta"] > 0)
+    assert len(np.unique(diag["pareto_k"])) == R
+    for k in ("mu_theta", "omega_theta", "sigma_x"):
+        m, sd = exact[k]
+        assert abs(post[k].mean() - m) < 0.3 * sd, k
+        assert abs(post[k].std() / sd - 1) < 0.3, k
+
+
+def test_diagnostics_do_not_change_the_draws_and_the_variational_error_is_of_independent_draws(problem):
+    est, sim, times = problem
+    for method in ("importance", "variational"):
+        kw = dict(times=times, n_draws=60, method=method, n_proposals=50, random_state=4)
+        plain = est.sample_posterior(sim.X, **kw)
+        post, diag = est.sample_posterior(sim.X, return_diagnostics=True, **kw)
+        assert set(plain) == set(post)
+        for k in plain:
+            np.testing.assert_array_equal(plain[k], post[k])
+        assert diag["local_ess"].shape == (N,)
+        assert np.all((diag["local_ess"] > 1) & (diag["local_ess"] <= est.n_eval_samples))
+        assert diag["mcse_method"] == ("weights" if method == "importance" else "variational")
+    assert "pareto_k" not in diag
+    for k, v in diag["mcse"].items():
+        np.testing.assert_allclose(v, plain[k].std(0) / math.sqrt(60), rtol=1e-5)
+
+
+def test_weighted_monte_carlo_error_on_known_weights():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(400, 2))
+    equal = np.full(400, 1 / 400)
+    sd = f.std(0)
+    # equal weights: independent draws, then resampling
+    np.testing.assert_allclose(_estimator._weighted_mcse(f, equal, 100),
+                               sd * np.sqrt(1 / 400 + 1 / 100))
+    # half the draws carry all the weight: the error of 200 draws
+    half = np.r_[np.full(200, 1 / 200), np.zeros(200)]
+    np.testing.assert_allclose(_estimator._weighted_mcse(f, half, 10**9), f[:200].std(0) / np.sqrt(200),
+                               rtol=1e-6)
+
+
 def test_bad_method_names_the_argument(problem):
     est, sim, times = problem
     with pytest.raises(ValueError, match="method"):
         est.sample_posterior(sim.X, times=times, method="nuts")
     with pytest.raises(ValueError, match="n_proposals"):
         est.sample_posterior(sim.X, times=times, method="importance", n_proposals=5)
+    with pytest.raises(ValueError, match="n_replicates"):
+        est.sample_posterior(sim.X, times=times, n_replicates=2)  # variational: no replicates
+    with pytest.raises(ValueError, match="n_replicates"):
+        est.sample_posterior(sim.X, times=times, method="importance", n_replicates=0)
+    with pytest.raises(ValueError, match="n_draws"):
+        est.sample_posterior(sim.X, times=times, n_draws=5, method="importance", n_replicates=3)
+    with pytest.raises(TypeError, match="return_diagnostics"):
+        est.sample_posterior(sim.X, times=times, return_diagnostics="yes")
 
 
 # ------------------------------------------------------- calibration (SBC, coverage)
