@@ -537,44 +537,57 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         A minibatch whose bound or gradient is not finite is skipped; if an
         update leaves non-finite parameters, the parameters and optimiser state
         roll back to the start of the epoch and the learning rate is halved.
+        If every update of the pass was rolled back (with one minibatch per
+        epoch, a single bad update), the pass is repeated from the epoch's
+        start at the halved rate, up to ``_EPOCH_RETRIES`` times.
         """
         vae, opt = self.vae_, self._optimizer
         epoch = self.n_iter_
-        rng = np.random.RandomState((self._epoch_seed + epoch) % (2**31 - 1))
-        gen = self._generator(device, self._epoch_seed + 1000 + epoch)
         self._epoch_state = (copy.deepcopy(vae.state_dict()), copy.deepcopy(opt.state_dict()))
         t_start = time.perf_counter()
-        losses, bounds, ess, gnorms = [], [], [], []
-        n_bad = n_skipped = n_rollbacks = n_used = n_failed_series = 0
+        n_rollbacks = 0
         vae.train()
-        for idx in self._batches(N, rng):
-            batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
-            opt.zero_grad(set_to_none=True)
-            loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
-            n_bad += out["n_bad"]
-            n_failed = int((~torch.isfinite(per_series)).sum())
-            n_failed_series += n_failed
-            if not torch.isfinite(loss) or n_failed == len(idx):
-                n_skipped += 1
-                continue
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm=math.inf)
-            if not torch.isfinite(gnorm):
-                n_skipped += 1
-                continue
-            opt.step()
-            if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
-                vae.load_state_dict(self._epoch_state[0])
-                opt.load_state_dict(self._epoch_state[1])
-                for group in opt.param_groups:
-                    group["lr"] *= 0.5
-                n_rollbacks += 1
-                continue
-            gnorms.append(float(gnorm))
-            losses.append(float(loss.detach()) * len(idx))
-            n_used += len(idx)
-            bounds.append(float(per_series[torch.isfinite(per_series)].sum()))
-            ess.append(float(effective_sample_size(out["log_w"].detach()).mean()))
+        for attempt in range(_EPOCH_RETRIES + 1):
+            # the same minibatches and draws in every attempt: a retry differs only in its rate
+            rng = np.random.RandomState((self._epoch_seed + epoch) % (2**31 - 1))
+            gen = self._generator(device, self._epoch_seed + 1000 + epoch)
+            losses, bounds, ess, gnorms = [], [], [], []
+            n_bad = n_skipped = n_used = n_failed_series = 0
+            attempt_rollbacks = 0
+            for idx in self._batches(N, rng):
+                batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
+                opt.zero_grad(set_to_none=True)
+                loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
+                n_bad += out["n_bad"]
+                n_failed = int((~torch.isfinite(per_series)).sum())
+                n_failed_series += n_failed
+                if not torch.isfinite(loss) or n_failed == len(idx):
+                    n_skipped += 1
+                    continue
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm=math.inf)
+                if not torch.isfinite(gnorm):
+                    n_skipped += 1
+                    continue
+                opt.step()
+                if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+                    vae.load_state_dict(self._epoch_state[0])
+                    opt.load_state_dict(self._epoch_state[1])
+                    for group in opt.param_groups:
+                        group["lr"] *= 0.5
+                    # the restored optimiser state carries the old rate: keep the halved one
+                    self._epoch_state[1]["param_groups"] = copy.deepcopy(
+                        opt.state_dict()["param_groups"])
+                    attempt_rollbacks += 1
+                    continue
+                gnorms.append(float(gnorm))
+                losses.append(float(loss.detach()) * len(idx))
+                n_used += len(idx)
+                bounds.append(float(per_series[torch.isfinite(per_series)].sum()))
+                ess.append(float(effective_sample_size(out["log_w"].detach()).mean()))
+            n_rollbacks += attempt_rollbacks
+            if losses or not attempt_rollbacks:
+                break
         if not losses:
             _restore_finite(vae, self._epoch_state)
             raise RuntimeError(
@@ -1362,6 +1375,9 @@ class _Template:
     def __init__(self, n_obs, n_inputs):
         self.y = np.zeros((0, n_obs, 1))
         self.inputs = np.zeros((0, n_inputs))
+
+
+_EPOCH_RETRIES = 3  # repeats of an epoch whose every update was rolled back
 
 
 def _weighted_mcse(f, w, n_draws):

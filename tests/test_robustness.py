@@ -349,6 +349,45 @@ def test_rollback_state_equals_epoch_start(decay_data, nan_adam):
     assert _same_state(_state(est), _state(reference))
 
 
+def test_single_minibatch_epoch_is_retried_at_the_halved_rate(decay_data, nan_adam):
+    """One minibatch per epoch: a rolled-back update leaves nothing of the pass, so the
+    epoch is repeated from its start (same minibatch, same draws) at half the rate
+    instead of failing the fit."""
+    X, times = decay_data
+    reference = _small(TwoDecay(), max_iter=2, batch_size=12).fit(X, times=times)
+    nan_adam.steps, nan_adam.nan_at = 0, 2  # epoch 2's only update
+    est = _small(TwoDecay(), max_iter=3, batch_size=12).fit(X, times=times)
+    hist = est.history_
+    assert est.n_iter_ == 3 and nan_adam.steps == 4  # epoch 2 took two updates
+    assert hist["rollbacks"].tolist() == [0, 1, 0]
+    np.testing.assert_allclose(hist["learning_rate"], [0.01, 0.005, 0.005])
+    assert np.isfinite(est.loss_curve_).all() and _params_finite(est)
+    # the retry started from epoch 1's end with the same minibatch and draws: its loss
+    # (computed before the update) is that of the fit without the failure
+    np.testing.assert_allclose(hist["loss"].iloc[:2], reference.history_["loss"], rtol=1e-6)
+    assert hist["loss"].iloc[2] != reference.history_["loss"].iloc[1]
+
+
+def test_repeated_rollbacks_in_one_epoch_keep_halving_the_rate(decay_data, nan_adam):
+    X, times = decay_data
+    nan_adam.nan_at = 1  # the first update fails; the epoch goes on from its start at 0.005
+    with pytest.MonkeyPatch.context() as mp:
+        step = _NaNAfterStep.step
+
+        def twice(self, closure=None):  # fail the first two updates
+            out = step(self, closure)
+            if _NaNAfterStep.steps == 2:
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].view(-1)[0] = math.nan
+            return out
+
+        mp.setattr(_NaNAfterStep, "step", twice)
+        est = _small(TwoDecay(), max_iter=1).fit(X, times=times)  # 2 minibatches
+    assert est.history_["rollbacks"].tolist() == [2]
+    np.testing.assert_allclose(est.history_["learning_rate"], [0.0025])
+    assert _params_finite(est)
+
+
 def test_every_step_rolled_back_raises_and_keeps_finite_state(decay_data, nan_adam):
     X, times = decay_data
     nan_adam.nan_at = "always"
