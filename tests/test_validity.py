@@ -22,6 +22,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from skhds import HierarchicalODEVAE, ODEModel, Parameter, _estimator
+from skhds._vae import HierarchicalVAE
 from skhds.datasets import simulate
 from skhds.distributions import LogNormal, Normal
 from skhds.models import Gaussian
@@ -387,6 +388,23 @@ def test_common_random_number_surrogate_with_defensive_draws(problem):
     # draws near their posterior)
     assert np.abs(err.mean(0)).max() < 0.3 and np.median(np.abs(err)) < 0.15
     assert np.abs(err).mean() < 0.15 * gap.mean()
+
+
+def test_global_reweighting_uses_the_shared_draws_with_defensive_draws(problem, monkeypatch):
+    """The importance path's surrogate target is the one checked above: shared draws
+    (``eps``) and the defensive tenth, at every evaluation."""
+    est, sim, times = problem
+    seen = []
+    real = HierarchicalVAE.log_likelihood_given_globals
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("eps") is not None, kwargs.get("defensive", 0.0)))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(HierarchicalVAE, "log_likelihood_given_globals", spy)
+    est.sample_posterior(sim.X, times=times, n_draws=20, method="importance", n_proposals=20)
+    assert seen and set(seen) == {(True, _estimator._DEFENSIVE)}
+    assert _estimator._DEFENSIVE == 0.1
 
 
 def test_reference_bound_is_a_bound_on_each_series_prior_marginal_likelihood(problem):
