@@ -692,7 +692,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         include_global = check_bool(include_global, "include_global")
         data = self._prepare(X, groups, inputs, times, reset=False)
         return self._score_data(data, self.n_eval_samples, refine=refine,
-                                include_global=bool(include_global))
+                                include_global=include_global)
 
     def score(self, X, y=None, *, groups=None, inputs=None, times=None, sample_weight=None):
         """Mean per-series importance-weighted bound (higher is better).
@@ -983,7 +983,6 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 else check_random_state(random_state).randint(0, 2**31 - 1))
         gen = self._generator(device, seed)
         names = list(self.get_feature_names_out())
-        describe = self.vae_.hierarchy.describe_global
         if method == "variational":
             with torch.no_grad():
                 g = self.vae_.q_global.rsample(n_draws, gen)
@@ -995,48 +994,14 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 for n in names:
                     v = res["params"][n].expand_as(w)
                     ind[n].append(torch.gather(v, 1, pick).t().cpu().numpy())
-            out = describe(g)
+            out = self.vae_.hierarchy.describe_global(g)
             mcse = {k: v.std(0) / math.sqrt(n_draws) for k, v in out.items()}
             diagnostics = {"mcse_method": "variational", "local_ess": torch.cat(local_ess).numpy()}
             for n in names:
                 out[n] = np.concatenate(ind[n], axis=1)
         else:
-            shares = [n_draws // n_replicates + (r < n_draws % n_replicates)
-                      for r in range(n_replicates)]
-            runs = []
-            for share in shares:
-                g_unique, inv, chunks, info = self._reweighted_globals(data, share, n_proposals, gen,
-                                                                       refine)
-                run = describe(g_unique[inv])
-                run_ind, run_ess = self._individual_given_globals(chunks, g_unique, inv, gen, names)
-                runs.append(({**run, **run_ind}, run_ess, info))
-            # Per series: the mean (over global draws) effective sample size of its
-            # individual draws given the global draw. Low values mean that the
-            # marginal likelihoods behind the global weights were underestimated.
-            L = self.n_importance_samples
-            ess = sum(e * share for (_, e, _), share in zip(runs, shares)) / n_draws
-            poor = float((ess < 0.25 * L).float().mean())
-            if poor > 0.1:
-                warnings.warn(
-                    f"The importance reweighting of the global quantities is unreliable: for "
-                    f"{100 * poor:.0f}% of the series the individual proposals fit the posterior "
-                    f"poorly at the reweighted global draws (effective sample size below 25% of "
-                    f"{L}), so their marginal likelihoods are underestimated. Are these the data "
-                    "the model was fitted to? Increase refine, or train longer.",
-                    RuntimeWarning, stacklevel=2,
-                )
-            out = {k: np.concatenate([r[0][k] for r in runs]) for k in runs[0][0]}
-            if n_replicates > 1:
-                means = {k: np.stack([np.asarray(r[0][k], np.float64).mean(0) for r in runs])
-                         for k in out}
-                mcse = {k: m.std(0, ddof=1) / math.sqrt(n_replicates) for k, m in means.items()}
-            else:
-                x, w = runs[0][2]["draws"], runs[0][2]["weights"].cpu().double().numpy()
-                mcse = {k: _weighted_mcse(f, w, n_draws) for k, f in describe(x).items()}
-            diagnostics = {"mcse_method": "replicates" if n_replicates > 1 else "weights",
-                           "local_ess": ess.numpy(),
-                           "pareto_k": np.array([r[2]["pareto_k"] for r in runs]),
-                           "ess": np.array([r[2]["ess"] for r in runs])}
+            out, mcse, diagnostics = self._importance_posterior(data, n_draws, n_proposals,
+                                                                n_replicates, gen, refine, names)
         out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
         if not return_diagnostics:
             return out
@@ -1046,6 +1011,52 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         diagnostics["mcse_sd"] = {k: np.divide(v, sd[k], out=np.full_like(v, np.nan), where=sd[k] > 0)
                                   for k, v in mcse.items()}
         return out, diagnostics
+
+    def _importance_posterior(self, data, n_draws, n_proposals, n_replicates, gen, refine, names):
+        """Draws of ``method="importance"``: ``n_replicates`` independent runs, pooled.
+
+        Returns the draws ``{key: (n_draws, ...)}``, the Monte Carlo standard
+        error of each key's mean (from the spread of the replicate means, or,
+        with one run, from the global weights) and the other diagnostics.
+        """
+        shares = [n_draws // n_replicates + (r < n_draws % n_replicates)
+                  for r in range(n_replicates)]
+        describe = self.vae_.hierarchy.describe_global
+        runs, infos, ess = [], [], 0.0
+        for share in shares:
+            g_unique, inv, chunks, info = self._reweighted_globals(data, share, n_proposals, gen,
+                                                                   refine)
+            run_ind, run_ess = self._individual_given_globals(chunks, g_unique, inv, gen, names)
+            runs.append({**describe(g_unique[inv]), **run_ind})
+            infos.append(info)
+            ess = ess + run_ess * share / n_draws
+        # Per series: the mean (over global draws) effective sample size of its
+        # individual draws given the global draw. Low values mean that the
+        # marginal likelihoods behind the global weights were underestimated.
+        L = self.n_importance_samples
+        poor = float((ess < 0.25 * L).float().mean())
+        if poor > 0.1:
+            warnings.warn(
+                f"The importance reweighting of the global quantities is unreliable: for "
+                f"{100 * poor:.0f}% of the series the individual proposals fit the posterior "
+                f"poorly at the reweighted global draws (effective sample size below 25% of "
+                f"{L}), so their marginal likelihoods are underestimated. Are these the data "
+                "the model was fitted to? Increase refine, or train longer.",
+                RuntimeWarning, stacklevel=3,
+            )
+        out = {k: np.concatenate([run[k] for run in runs]) for k in runs[0]}
+        if n_replicates > 1:
+            means = {k: np.stack([np.asarray(run[k], np.float64).mean(0) for run in runs])
+                     for k in out}
+            mcse = {k: m.std(0, ddof=1) / math.sqrt(n_replicates) for k, m in means.items()}
+        else:
+            w = infos[0]["weights"].cpu().double().numpy()
+            mcse = {k: _weighted_mcse(f, w, n_draws) for k, f in describe(infos[0]["draws"]).items()}
+        diagnostics = {"mcse_method": "replicates" if n_replicates > 1 else "weights",
+                       "local_ess": ess.numpy(),
+                       "pareto_k": np.array([info["pareto_k"] for info in infos]),
+                       "ess": np.array([info["ess"] for info in infos])}
+        return out, mcse, diagnostics
 
     def _individual_given_globals(self, chunks, g_unique, inv, gen, names):
         """Individual draws by SIR given each global draw ``g_unique[inv]``.
@@ -1236,7 +1247,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 f"The importance reweighting of the global quantities is unreliable (Pareto-k "
                 f"{khat:.2f}, effective sample size {ess:.1f} of {n_proposals}); refine the "
                 "individual proposals (refine=...), increase n_proposals, or train longer.",
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning, stacklevel=4,
             )
         pick = torch.multinomial(w, n_draws, replacement=True, generator=sampler)
         used, inv = torch.unique(pick, return_inverse=True)
