@@ -116,4 +116,6 @@ class SeriesData:
             "enc_times": as_t((t2 - scaling.t_loc) / scaling.t_scale),
             "enc_inputs": as_t((np.arcsinh(self.inputs[idx]) - scaling.u_loc) / scaling.u_scale),
             "codes": torch.as_tensor(self.codes[idx], dtype=torch.long, device=device),
+            # decided here on the host, so the pass never asks the device
+            "all_seen": bool(np.all(self.codes[idx] >= 0)),
         }

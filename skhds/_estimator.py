@@ -21,6 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._cuda_graphs import CapturedTrainingPass, graphs_supported
 from ._data import EncoderScaling, SeriesData
 from ._persistence import decode_state, encode_state, to_numpy, to_torch
 from ._validation import (
@@ -133,6 +134,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         If set, the per-epoch scalars of ``history_`` are written there for
         TensorBoard (``torch.utils.tensorboard.SummaryWriter``, which needs
         the ``tensorboard`` package) as training runs, under ``skhds/<column>``.
+    cuda_graphs : bool, default=True
+        On a CUDA device, capture each minibatch shape's training pass in a
+        CUDA graph and replay it (much faster: the pass is launch-bound); see
+        ``skhds/_cuda_graphs.py``. Ignored on the CPU. A model that cannot be
+        captured (its right-hand side reads device values on the host) is
+        trained eagerly, with a warning.
 
     Attributes
     ----------
@@ -192,7 +199,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                  gradient_estimator="dreg", random_effects="learned", n_hidden=64,
                  covariance_type="full", random_state=None, device="cpu", dtype="float32", verbose=0,
                  warm_start=False,
-                 checkpoint_path=None, tensorboard_dir=None):
+                 checkpoint_path=None, tensorboard_dir=None, cuda_graphs=True):
         self.model = model
         self.solver = solver
         self.dt = dt
@@ -216,6 +223,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.tensorboard_dir = tensorboard_dir
+        self.cuda_graphs = cuda_graphs
 
     # ----------------------------------------------------------- checks
     def _check_hyperparameters(self):
@@ -243,6 +251,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             raise ValueError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}.")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+        check_bool(self.cuda_graphs, "cuda_graphs")
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
@@ -420,6 +429,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         saved = self.__dict__.pop("_optimizer_state", None)
         if not (continuing and hasattr(self, "_optimizer")):
             self._optimizer = torch.optim.Adam(self.vae_.parameters(), lr=self.learning_rate)
+            self._captured = None  # captured training passes belong to one network and device
         if continuing and saved is not None:
             self._optimizer.load_state_dict(to_torch(saved, device))
             for group in self._optimizer.param_groups:
@@ -550,21 +560,36 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         for attempt in range(_EPOCH_RETRIES + 1):
             # the same minibatches and draws in every attempt: a retry differs only in its rate
             rng = np.random.RandomState((self._epoch_seed + epoch) % (2**31 - 1))
-            gen = self._generator(device, self._epoch_seed + 1000 + epoch)
+            graphs = self._graph_cache(device)
+            if graphs is None:
+                gen = self._generator(device, self._epoch_seed + 1000 + epoch)
+            else:
+                gen = graphs["generator"]
+                gen.manual_seed(int(self._epoch_seed + 1000 + epoch))
             losses, bounds, ess, gnorms = [], [], [], []
             n_bad = n_skipped = n_used = n_failed_series = 0
             attempt_rollbacks = 0
             for idx in self._batches(N, rng):
                 batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
-                opt.zero_grad(set_to_none=True)
-                loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
-                n_bad += out["n_bad"]
+                captured = self._captured_pass(graphs, batch, N, K)
+                if captured is None and graphs is not None:
+                    # the capture just failed, leaving its generator unusable: go on eagerly
+                    graphs = None
+                    gen = self._generator(device, self._epoch_seed + 1000 + epoch)
+                if captured is None:
+                    opt.zero_grad(set_to_none=True)
+                    loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
+                    out_log_w, out_bad = out["log_w"], out["n_bad"]
+                else:  # replayed: loss, backward and gradients already done
+                    loss, per_series, out_log_w, out_bad = captured(batch)
+                n_bad += int(out_bad)
                 n_failed = int((~torch.isfinite(per_series)).sum())
                 n_failed_series += n_failed
                 if not torch.isfinite(loss) or n_failed == len(idx):
                     n_skipped += 1
                     continue
-                loss.backward()
+                if captured is None:
+                    loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm=math.inf)
                 if not torch.isfinite(gnorm):
                     n_skipped += 1
@@ -584,7 +609,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 losses.append(float(loss.detach()) * len(idx))
                 n_used += len(idx)
                 bounds.append(float(per_series[torch.isfinite(per_series)].sum()))
-                ess.append(float(effective_sample_size(out["log_w"].detach()).mean()))
+                ess.append(float(effective_sample_size(out_log_w.detach()).mean()))
             n_rollbacks += attempt_rollbacks
             if losses or not attempt_rollbacks:
                 break
@@ -603,6 +628,48 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             "skipped_steps": n_skipped, "rollbacks": n_rollbacks,
             "learning_rate": float(opt.param_groups[0]["lr"]), "time": time.perf_counter() - t_start,
         }
+
+    def _graph_cache(self, device):
+        """Captured training passes of this network on ``device``, or None (eager training)."""
+        if not (self.cuda_graphs and graphs_supported(device)):
+            return None
+        cache = getattr(self, "_captured", None)
+        if cache is False:  # capture failed before: eager
+            return None
+        # graphs read and write the parameters' memory: moved or re-allocated, recapture
+        where = tuple(p.data_ptr() for p in self.vae_.parameters())
+        if cache is not None and cache["where"] != where:
+            cache = None
+        if cache is None:
+            for p in self.vae_.parameters():  # one set of gradient buffers for every graph
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            cache = self._captured = {"generator": torch.Generator(device=device), "passes": [],
+                                      "where": where}
+        return cache
+
+    def _captured_pass(self, graphs, batch, n_total, K):
+        """The captured pass for ``batch``'s shape (capturing it if new), or None."""
+        if graphs is None or self._captured is False:
+            return None
+        for captured in graphs["passes"]:
+            if captured.matches(batch, n_total, K, self.gradient_estimator):
+                return captured
+        try:
+            captured = CapturedTrainingPass(self.vae_, batch, n_total, K, graphs["generator"],
+                                            self.gradient_estimator)
+        except RuntimeError as exc:
+            self._captured = False
+            warnings.warn(
+                "The training pass could not be captured in a CUDA graph, so training continues "
+                f"without (slower); the model's right-hand side may read device values on the host "
+                f"(Python `if` on a tensor, .item()). Set cuda_graphs=False to silence this. ({exc})",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        graphs["passes"].append(captured)
+        return captured
 
     def _save_checkpoint(self):
         import joblib
@@ -1335,6 +1402,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         state = super().__getstate__().copy()
         opt = state.pop("_optimizer", None)
         state.pop("_epoch_state", None)
+        state.pop("_captured", None)
         state.pop("_tb_writer", None)
         if opt is not None:
             state["_optimizer_state"] = to_numpy(opt.state_dict())

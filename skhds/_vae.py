@@ -12,7 +12,8 @@ import warnings
 import torch
 
 from .distributions import gaussian_log_prob, gaussian_rsample
-from .inference import effective_sample_size, minibatch_objective, normalized_weights, sanitize_log_weights
+from .inference import effective_sample_size, minibatch_objective, normalized_weights
+from .inference._bound import sanitize_log_weights_lazy
 from .solvers import odeint
 
 __all__ = ["HierarchicalVAE", "PriorFollowingProposal"]
@@ -253,8 +254,8 @@ class HierarchicalVAE(torch.nn.Module):
             probe = noise.log_prob(y, torch.where(finite, means, torch.zeros_like(means)), nparams)
             ok = finite & (torch.isfinite(probe) | ~mask)
             bad = ~ok.all(-1).all(-1)  # (S, K)
-        if bool(bad.any()):
-            means = torch.where(bad[..., None, None], y.expand_as(means), means)
+        # unconditional (no host synchronisation on a GPU): a no-op where nothing is bad
+        means = torch.where(bad[..., None, None], y.expand_as(means), means)
         lp = noise.log_prob(y, means, nparams)
         ll = torch.where(mask, lp, torch.zeros_like(lp)).sum((-2, -1))
         return torch.where(bad, torch.full_like(ll, math.nan), ll)
@@ -314,7 +315,7 @@ class HierarchicalVAE(torch.nn.Module):
         Returns
         -------
         dict
-            ``log_w`` (S, K) sanitised, ``n_bad``, ``z`` (S, K, n_ind),
+            ``log_w`` (S, K) sanitised, ``n_bad`` (0-d tensor), ``z`` (S, K, n_ind),
             ``params``, ``means``, ``g``.
         """
         g_unique = g
@@ -354,12 +355,13 @@ class HierarchicalVAE(torch.nn.Module):
         log_pz = self.hierarchy.individual_log_prior(g, z)
         if mix:
             log_q = torch.logaddexp(log_q + math.log1p(-m / L), log_pz + math.log(m / L))
-        params = self.hierarchy.params(g, z, batch["codes"], self.factor_index, generator)
+        params = self.hierarchy.params(g, z, batch["codes"], self.factor_index, generator,
+                                       all_seen=batch.get("all_seen"))
         means = self.simulate(params, batch, K)
         log_w = self.log_likelihood(means, batch, params) + log_pz - log_q
         if include_global:
             log_w = log_w + (self.log_prior_global(g) - self.q_global.log_prob(g)).unsqueeze(0)
-        log_w, n_bad = sanitize_log_weights(log_w)
+        log_w, n_bad = sanitize_log_weights_lazy(log_w)  # count read by the caller
         return {"log_w": log_w, "n_bad": n_bad, "z": z, "params": params, "means": means, "g": g,
                 "loc": loc, "scale": scale, "coupling": coupling}
 

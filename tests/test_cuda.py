@@ -29,8 +29,8 @@ def data():
 def cuda_fit(data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return HierarchicalODEVAE(data.model, max_iter=40, device="cuda", random_state=0).fit(
-            data.X, groups=data.groups, times=data.times)
+        return HierarchicalODEVAE(data.model, max_iter=40, batch_size=16, device="cuda",
+                                  random_state=0).fit(data.X, groups=data.groups, times=data.times)
 
 
 def test_fit_on_cuda_keeps_everything_on_the_device(cuda_fit, data):
@@ -45,7 +45,7 @@ def test_fit_on_cuda_keeps_everything_on_the_device(cuda_fit, data):
 def test_cuda_and_cpu_fits_agree_statistically(cuda_fit, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cpu = HierarchicalODEVAE(data.model, max_iter=40, random_state=0).fit(
+        cpu = HierarchicalODEVAE(data.model, max_iter=40, batch_size=16, random_state=0).fit(
             data.X, groups=data.groups, times=data.times)
     a = cuda_fit.score(data.X, groups=data.groups, times=data.times)
     b = cpu.score(data.X, groups=data.groups, times=data.times)
@@ -79,3 +79,89 @@ def test_cuda_pickle_loads_on_cpu_only_process(cuda_fit, data, tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_training_pass_never_waits_for_the_device(cuda_fit, data):
+    """No host synchronisation in a training minibatch (forward and backward).
+
+    Needed for capturing the pass in a CUDA graph, and it keeps the launch queue full.
+    """
+    prepared = cuda_fit._prepare(data.X, data.groups, None, data.times, reset=False)
+    dev = torch.device("cuda")
+    batch = prepared.batch(np.arange(16), cuda_fit.scaling_, None, dev, torch.float32)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    vae = cuda_fit.vae_
+    vae.train()
+    vae.training_loss(batch, 24, 8, gen, "dreg")  # first call checks the model (may sync)
+    vae.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, _, out = vae.training_loss(batch, 24, 8, gen, "dreg")
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and int(out["n_bad"]) == 0
+    assert all(p.grad is not None for p in vae.encoder.parameters())
+
+
+def test_captured_training_pass_replays_the_eager_pass(cuda_fit, data):
+    """Same seed: the replayed graph gives the eager loss and gradients."""
+    from skhds._cuda_graphs import CapturedTrainingPass
+
+    dev = torch.device("cuda")
+    prepared = cuda_fit._prepare(data.X, data.groups, None, data.times, reset=False)
+    batch = prepared.batch(np.arange(16), cuda_fit.scaling_, None, dev, torch.float32)
+    other = prepared.batch(np.arange(8, 24), cuda_fit.scaling_, None, dev, torch.float32)
+    vae = cuda_fit.vae_
+    gen = torch.Generator(device=dev)
+    for p in vae.parameters():
+        p.grad = torch.zeros_like(p)
+    captured = CapturedTrainingPass(vae, batch, 24, 8, gen, "dreg")
+    assert captured.matches(other, 24, 8, "dreg")
+    assert not captured.matches(other, 25, 8, "dreg") and not captured.matches(other, 24, 9, "dreg")
+    for b in (batch, other):
+        gen.manual_seed(3)
+        vae.zero_grad(set_to_none=True)
+        loss, _, _ = vae.training_loss(b, 24, 8, gen, "dreg")
+        loss.backward()
+        eager = [p.grad.clone() for p in vae.parameters()]
+        gen.manual_seed(3)
+        replayed, per_series, log_w, n_bad = captured(b)
+        assert all(p.grad is g for p, g in zip(captured.params, captured.grads))
+        torch.testing.assert_close(replayed, loss.detach(), rtol=1e-5, atol=1e-4)
+        for p, e in zip(vae.parameters(), eager):
+            torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-5)
+        assert per_series.shape == (16,) and log_w.shape == (16, 8) and int(n_bad) == 0
+
+
+def test_fit_with_cuda_graphs_matches_eager_fit(cuda_fit, data):
+    passes = cuda_fit._captured["passes"]
+    assert len(passes) == 2  # minibatches of 16 and the last one of 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager = HierarchicalODEVAE(data.model, max_iter=40, batch_size=16, device="cuda",
+                                   random_state=0, cuda_graphs=False).fit(data.X, groups=data.groups,
+                                                          times=data.times)
+    assert eager._captured is None  # never used
+    a = cuda_fit.score(data.X, groups=data.groups, times=data.times)
+    b = eager.score(data.X, groups=data.groups, times=data.times)
+    assert abs(a - b) < 0.25 * abs(b) + 5.0
+    # the first epoch draws the same numbers: the losses agree closely
+    assert abs(cuda_fit.loss_curve_[0] - eager.loss_curve_[0]) < 1e-3 * abs(eager.loss_curve_[0])
+
+
+def test_model_that_reads_the_device_trains_eagerly_with_a_warning(data):
+    from skhds.models import LogisticGrowth
+
+    class Syncing(LogisticGrowth):
+        def rhs(self, t, x, params, inputs):
+            if float(x.sum()) < 0:  # reads a device value on the host
+                raise AssertionError
+            return super().rhs(t, x, params, inputs)
+
+    with pytest.warns(UserWarning, match="could not be captured"):
+        est = HierarchicalODEVAE(Syncing(), max_iter=3, device="cuda", random_state=0,
+                                 n_iter_no_change=100).fit(data.X, groups=data.groups,
+                                                           times=data.times)
+    assert est._captured is False and np.isfinite(est.loss_curve_).all()

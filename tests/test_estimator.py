@@ -385,6 +385,18 @@ def test_unseen_group_level_warns_zero_shot(fitted, data):
     assert post["K"].shape == (5, 3)  # only training levels are summarised
 
 
+def test_batches_say_on_the_host_whether_all_levels_are_seen(fitted, data):
+    groups = np.array(data.groups, dtype=object).copy()
+    seen = fitted._prepare(data.X, groups, None, data.times, reset=False)
+    groups[:4] = "new_strain"
+    with pytest.warns(UserWarning, match="zero-shot"):
+        mixed = fitted._prepare(data.X, groups, None, data.times, reset=False)
+    dev = torch.device("cpu")
+    assert seen.batch(np.arange(8), fitted.scaling_, None, dev, torch.float32)["all_seen"] is True
+    assert mixed.batch(np.arange(8), fitted.scaling_, None, dev, torch.float32)["all_seen"] is False
+    assert mixed.batch(np.arange(4, 8), fitted.scaling_, None, dev, torch.float32)["all_seen"] is True
+
+
 class CrossedGrowth(ODEModel):
     """Logistic growth with capacity by factor ``medium`` and rate by factor ``strain``."""
 

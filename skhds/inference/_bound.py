@@ -48,11 +48,24 @@ def sanitize_log_weights(log_w):
     n_bad : int
         Number of importance samples zeroed.
     """
+    log_w, n_bad = sanitize_log_weights_lazy(log_w)
+    return log_w, int(n_bad)
+
+
+def sanitize_log_weights_lazy(log_w):
+    """:func:`sanitize_log_weights` with the count left on the device.
+
+    Nothing here waits for the device (no host synchronisation), so a training
+    pass that uses it can be captured in a CUDA graph; read the count when it
+    is needed.
+
+    Returns
+    -------
+    log_w : torch.Tensor of shape (S, K)
+    n_bad : torch.Tensor of shape ()
+    """
     finite = torch.isfinite(log_w)
-    n_bad = int((~finite).sum())
-    if n_bad:
-        log_w = torch.where(finite, log_w, torch.full_like(log_w, -math.inf))
-    return log_w, n_bad
+    return torch.where(finite, log_w, torch.full_like(log_w, -math.inf)), (~finite).sum()
 
 
 def iwae_per_series(log_w):

@@ -9,6 +9,7 @@ ordinary sub-module attributes that are trained with the rest.
 """
 
 import inspect
+import numbers
 
 import torch
 
@@ -218,7 +219,8 @@ class ODEModel(torch.nn.Module):
         if tuple(names) == tuple(self.states):
             return x
         idx = [list(self.states).index(n) for n in names]
-        return x[..., idx]
+        # basic indexing only: a list index would be copied from the host at every call
+        return torch.stack([x[..., i] for i in idx], dim=-1)
 
     # -------------------------------------------------------------- helpers
     @property
@@ -244,7 +246,10 @@ class ODEModel(torch.nn.Module):
         if not tensors:
             raise TypeError("stack needs at least one tensor component.")
         ref = tensors[0]
-        comps = [c if torch.is_tensor(c) else torch.as_tensor(c, dtype=ref.dtype, device=ref.device)
+        # constants filled on the device (no copy from the host)
+        comps = [c if torch.is_tensor(c)
+                 else ref.new_full((), float(c)) if isinstance(c, numbers.Real)
+                 else torch.as_tensor(c, dtype=ref.dtype, device=ref.device)
                  for c in components]
         return torch.stack(torch.broadcast_tensors(*comps), dim=-1)
 

@@ -24,9 +24,8 @@ def _safe_pow(base, exponent):
 
 def _density_only(ref, n_states, x0):
     """Initial state with density ``x0`` in the first state and zeros elsewhere."""
-    state = torch.zeros(n_states, dtype=ref.dtype, device=ref.device)
-    state[0] = x0
-    return state
+    # filled on the device: no copy from the host (see skhds/_cuda_graphs.py)
+    return torch.nn.functional.pad(ref.new_full((1,), float(x0)), (0, n_states - 1))
 
 
 class DoubleReceiver(ODEModel):

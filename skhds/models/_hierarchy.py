@@ -101,6 +101,26 @@ class Hierarchy:
         self.prior_scale = np.asarray(scale, dtype=float)
         self.ind_loc = np.array([s.prior.loc for s in self.individual], dtype=float)
         self.ind_scale = np.array([s.prior.scale for s in self.individual], dtype=float)
+        self.independent = ~conditional
+        self._ind_mu = np.array([i for i, _ in self.ind_index.values()], dtype=np.int64)
+        self._ind_om = np.array([j for _, j in self.ind_index.values()], dtype=np.int64)
+        self._device_constants = {}
+
+    def _constant(self, name, like, dtype=None):
+        """The layout's array ``name`` as a tensor on ``like``'s device.
+
+        Copied once per device and dtype and kept: a pass then never copies
+        from the host (a copy from pageable memory waits for the device and
+        cannot be captured in a CUDA graph).
+        """
+        arr = getattr(self, name)
+        if dtype is None:
+            dtype = like.dtype if arr.dtype.kind == "f" else None
+        key = (name, like.device, dtype)
+        t = self._device_constants.get(key)
+        if t is None:
+            t = self._device_constants[key] = torch.as_tensor(arr, dtype=dtype, device=like.device)
+        return t
 
     @property
     def n_global(self):
@@ -128,11 +148,9 @@ class Hierarchy:
             empty = g.new_zeros((g.shape[0], 0))
             return empty, empty
         if self.learned:
-            i_mu = [self.ind_index[s.name][0] for s in self.individual]
-            i_om = [self.ind_index[s.name][1] for s in self.individual]
-            return g[:, i_mu], torch.exp(g[:, i_om])
-        mu = torch.as_tensor(self.ind_loc, dtype=g.dtype, device=g.device)
-        om = torch.as_tensor(self.ind_scale, dtype=g.dtype, device=g.device)
+            i_mu, i_om = self._constant("_ind_mu", g), self._constant("_ind_om", g)
+            return g.index_select(1, i_mu), torch.exp(g.index_select(1, i_om))
+        mu, om = self._constant("ind_loc", g), self._constant("ind_scale", g)
         return mu.expand(g.shape[0], -1), om.expand(g.shape[0], -1)
 
     def individual_log_prior(self, g, z):
@@ -159,10 +177,9 @@ class Hierarchy:
     # ------------------------------------------------------ prior and KL
     def log_prior(self, g):
         """``log p(g)`` of global draws ``(n, D)``: ``(n,)``."""
-        loc = torch.as_tensor(self.prior_loc, dtype=g.dtype, device=g.device)
-        scale = torch.as_tensor(self.prior_scale, dtype=g.dtype, device=g.device)
+        loc, scale = self._constant("prior_loc", g), self._constant("prior_scale", g)
         lp = _log_normal(g, loc, scale)
-        indep = torch.as_tensor(~self.conditional, device=g.device)
+        indep = self._constant("independent", g)
         total = torch.where(indep, lp, torch.zeros_like(lp)).sum(-1)
         for s in self.group if self.learned else ():
             mu, tau = self.group_location_spread(g, s)
@@ -182,10 +199,9 @@ class Hierarchy:
         torch.Tensor
             A scalar.
         """
-        loc = torch.as_tensor(self.prior_loc, dtype=q_loc.dtype, device=q_loc.device)
-        scale = torch.as_tensor(self.prior_scale, dtype=q_loc.dtype, device=q_loc.device)
+        loc, scale = self._constant("prior_loc", q_loc), self._constant("prior_scale", q_loc)
         kl = normal_kl(q_loc, q_scale, loc, scale)
-        indep = torch.as_tensor(~self.conditional, device=q_loc.device)
+        indep = self._constant("independent", q_loc)
         total = torch.where(indep, kl, torch.zeros_like(kl)).sum()
         for s in self.group if self.learned else ():
             i_mu, i_tau, i_v = self.grp_index[s.name]
@@ -201,7 +217,7 @@ class Hierarchy:
             total = total + (cross - entropy).sum()
         return total
 
-    def params(self, g, z, codes, factor_index, generator=None):
+    def params(self, g, z, codes, factor_index, generator=None, all_seen=None):
         """Model parameters on their own scale, each broadcastable to ``(S, K)``.
 
         Parameters
@@ -216,6 +232,10 @@ class Hierarchy:
             Column of ``codes`` for each factor name.
         generator : torch.Generator, optional
             Used to draw the group effect of unseen levels.
+        all_seen : bool, optional
+            True when the caller knows that every code is a seen level: saves
+            reading ``codes`` back from the device. Otherwise each factor's
+            codes are checked.
 
         Returns
         -------
@@ -231,7 +251,7 @@ class Hierarchy:
             c = codes[:, factor_index[s.factor]]
             seen = c >= 0
             val = vals.t()[c.clamp(min=0)]  # (S, Kg)
-            if not bool(seen.all()):
+            if all_seen is not True and not bool(seen.all()):
                 mu, tau = self.group_location_spread(g, s)
                 eps = torch.randn((S, K), generator=generator, dtype=g.dtype, device=g.device)
                 fresh = mu.unsqueeze(0) + tau.unsqueeze(0) * eps

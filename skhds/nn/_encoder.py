@@ -136,11 +136,10 @@ class SeriesEncoder(nn.Module):
         max_pool = torch.where(w > 0, h, torch.zeros_like(h)).amax(-1)
         feats = [self.norm(torch.cat([mean_pool, max_pool], -1)), inputs]
         for f, n in enumerate(self.n_levels):
-            c = codes[:, f]
-            onehot = torch.zeros((S, n), dtype=h.dtype, device=h.device)
-            seen = c >= 0
-            onehot[seen, c[seen]] = 1.0
-            feats.append(onehot)
+            # unseen levels (code -1) match no column; no boolean indexing, so no
+            # device-to-host synchronisation (the pass can be captured in a CUDA graph)
+            levels = torch.arange(n, device=h.device)
+            feats.append((codes[:, f : f + 1] == levels).to(h.dtype))
         out = self.head(torch.cat(feats, dim=-1))
         n = self.n_outputs
         raw_loc, raw_scale = out[:, :n], out[:, n : 2 * n]

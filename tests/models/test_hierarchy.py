@@ -172,6 +172,25 @@ def test_unseen_level_draws_from_the_group_distribution():
     assert not torch.equal(other["k"][0], out["k"][0])
 
 
+def test_all_seen_flag_gives_the_same_values_as_reading_the_codes():
+    # the caller's flag (decided on the host) replaces reading the codes from the device
+    hier = _hierarchy("learned")
+    g = _random_g(hier, 1, seed=11)
+    z = torch.zeros((2, 3, 2), dtype=DT)
+    for codes in (torch.tensor([[0, 1], [2, 0]]), torch.tensor([[-1, 1], [2, 0]])):
+        flag = bool((codes >= 0).all())
+        a = hier.params(g, z, codes, FACTOR_INDEX, generator=torch.Generator().manual_seed(1))
+        b = hier.params(g, z, codes, FACTOR_INDEX, generator=torch.Generator().manual_seed(1),
+                        all_seen=flag)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # a wrong "all seen" would use level 0 for the unseen series: the flag is what decides
+    codes = torch.tensor([[-1, 1], [2, 0]])
+    wrong = hier.params(g, z, codes, FACTOR_INDEX, generator=torch.Generator().manual_seed(1),
+                        all_seen=True)
+    i_v = hier.grp_index["k"][2]
+    np.testing.assert_allclose(torch.log(wrong["k"][0]).numpy(), g[0, i_v].item(), rtol=1e-12)
+
+
 def test_unseen_level_per_sample_global_draws():
     # one global draw per importance sample: each sample uses its own mu and tau
     hier = _hierarchy("learned")
