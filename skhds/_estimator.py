@@ -557,63 +557,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         t_start = time.perf_counter()
         n_rollbacks = 0
         vae.train()
-        for attempt in range(_EPOCH_RETRIES + 1):
-            # the same minibatches and draws in every attempt: a retry differs only in its rate
-            rng = np.random.RandomState((self._epoch_seed + epoch) % (2**31 - 1))
-            graphs = self._graph_cache(device)
-            if graphs is None:
-                gen = self._generator(device, self._epoch_seed + 1000 + epoch)
-            else:
-                gen = graphs["generator"]
-                gen.manual_seed(int(self._epoch_seed + 1000 + epoch))
-            losses, bounds, ess, gnorms = [], [], [], []
-            n_bad = n_skipped = n_used = n_failed_series = 0
-            attempt_rollbacks = 0
-            for idx in self._batches(N, rng):
-                batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
-                captured = self._captured_pass(graphs, batch, N, K)
-                if captured is None and graphs is not None:
-                    # the capture just failed, leaving its generator unusable: go on eagerly
-                    graphs = None
-                    gen = self._generator(device, self._epoch_seed + 1000 + epoch)
-                if captured is None:
-                    opt.zero_grad(set_to_none=True)
-                    loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
-                    out_log_w, out_bad = out["log_w"], out["n_bad"]
-                else:  # replayed: loss, backward and gradients already done
-                    loss, per_series, out_log_w, out_bad = captured(batch)
-                n_bad += int(out_bad)
-                n_failed = int((~torch.isfinite(per_series)).sum())
-                n_failed_series += n_failed
-                if not torch.isfinite(loss) or n_failed == len(idx):
-                    n_skipped += 1
-                    continue
-                if captured is None:
-                    loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm=math.inf)
-                if not torch.isfinite(gnorm):
-                    n_skipped += 1
-                    continue
-                opt.step()
-                if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
-                    vae.load_state_dict(self._epoch_state[0])
-                    opt.load_state_dict(self._epoch_state[1])
-                    for group in opt.param_groups:
-                        group["lr"] *= 0.5
-                    # the restored optimiser state carries the old rate: keep the halved one
-                    self._epoch_state[1]["param_groups"] = copy.deepcopy(
-                        opt.state_dict()["param_groups"])
-                    attempt_rollbacks += 1
-                    continue
-                gnorms.append(float(gnorm))
-                losses.append(float(loss.detach()) * len(idx))
-                n_used += len(idx)
-                bounds.append(float(per_series[torch.isfinite(per_series)].sum()))
-                ess.append(float(effective_sample_size(out_log_w.detach()).mean()))
-            n_rollbacks += attempt_rollbacks
-            if losses or not attempt_rollbacks:
+        for _ in range(_EPOCH_RETRIES + 1):
+            st = self._epoch_pass(train, device, dtype, K, N, epoch)
+            n_rollbacks += st["rollbacks"]
+            if st["used"] or not st["rollbacks"]:
                 break
-        if not losses:
+        if not st["used"]:
             _restore_finite(vae, self._epoch_state)
             raise RuntimeError(
                 f"Epoch {epoch + 1}: every minibatch produced a non-finite bound or update, so the "
@@ -621,13 +570,74 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 "finite state. Check the model, its priors and the solver step (dt)."
             )
         return {
-            "epoch": epoch + 1, "loss": sum(losses) / n_used,
-            "log_lik_bound": sum(bounds) / n_used, "kl_global": float(vae.kl_global().detach()),
-            "grad_norm": float(np.mean(gnorms)), "ess": float(np.mean(ess)),
-            "zero_weight_samples": n_bad, "failed_series": n_failed_series,
-            "skipped_steps": n_skipped, "rollbacks": n_rollbacks,
+            "epoch": epoch + 1, "loss": sum(st["losses"]) / st["used"],
+            "log_lik_bound": sum(st["bounds"]) / st["used"],
+            "kl_global": float(vae.kl_global().detach()),
+            "grad_norm": float(np.mean(st["gnorms"])), "ess": float(np.mean(st["ess"])),
+            "zero_weight_samples": st["n_bad"], "failed_series": st["failed_series"],
+            "skipped_steps": st["skipped"], "rollbacks": n_rollbacks,
             "learning_rate": float(opt.param_groups[0]["lr"]), "time": time.perf_counter() - t_start,
         }
+
+    def _epoch_pass(self, train, device, dtype, K, N, epoch):
+        """One pass over the minibatches (an attempt at epoch ``epoch``); its statistics."""
+        vae, opt = self.vae_, self._optimizer
+        # the same minibatches and draws in every attempt: a retry differs only in its rate
+        rng = np.random.RandomState((self._epoch_seed + epoch) % (2**31 - 1))
+        seed = self._epoch_seed + 1000 + epoch
+        graphs = self._graph_cache(device)
+        if graphs is None:
+            gen = self._generator(device, seed)
+        else:
+            gen = graphs["generator"]
+            gen.manual_seed(int(seed))
+        st = {"losses": [], "bounds": [], "ess": [], "gnorms": [], "n_bad": 0, "skipped": 0,
+              "used": 0, "failed_series": 0, "rollbacks": 0}
+        for idx in self._batches(N, rng):
+            batch = train.batch(idx, self.scaling_, self.dt, device, dtype)
+            captured = self._captured_pass(graphs, batch, N, K)
+            if captured is None and graphs is not None:
+                # the capture just failed, leaving its generator unusable: go on eagerly
+                graphs, gen = None, self._generator(device, seed)
+            if captured is None:
+                opt.zero_grad(set_to_none=True)
+                loss, per_series, out = vae.training_loss(batch, N, K, gen, self.gradient_estimator)
+                log_w, n_bad = out["log_w"], out["n_bad"]
+            else:  # replayed: loss, backward and gradients already done
+                loss, per_series, log_w, n_bad = captured(batch)
+            st["n_bad"] += int(n_bad)
+            n_failed = int((~torch.isfinite(per_series)).sum())
+            st["failed_series"] += n_failed
+            if not torch.isfinite(loss) or n_failed == len(idx):
+                st["skipped"] += 1
+                continue
+            if captured is None:
+                loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm=math.inf)
+            if not torch.isfinite(gnorm):
+                st["skipped"] += 1
+                continue
+            opt.step()
+            if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+                self._roll_back_halving()
+                st["rollbacks"] += 1
+                continue
+            st["gnorms"].append(float(gnorm))
+            st["losses"].append(float(loss.detach()) * len(idx))
+            st["used"] += len(idx)
+            st["bounds"].append(float(per_series[torch.isfinite(per_series)].sum()))
+            st["ess"].append(float(effective_sample_size(log_w.detach()).mean()))
+        return st
+
+    def _roll_back_halving(self):
+        """Back to the epoch's starting state, with the learning rate halved (and kept halved)."""
+        opt = self._optimizer
+        self.vae_.load_state_dict(self._epoch_state[0])
+        opt.load_state_dict(self._epoch_state[1])
+        for group in opt.param_groups:
+            group["lr"] *= 0.5
+        # the restored optimiser state carries the old rate: keep the halved one
+        self._epoch_state[1]["param_groups"] = copy.deepcopy(opt.state_dict()["param_groups"])
 
     def _graph_cache(self, device):
         """Captured training passes of this network on ``device``, or None (eager training)."""
@@ -668,6 +678,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 stacklevel=4,
             )
             return None
+        if len(graphs["passes"]) >= _MAX_CAPTURED:  # shapes of an earlier batch_size: free them
+            graphs["passes"].pop(0)
         graphs["passes"].append(captured)
         return captured
 
@@ -1457,6 +1469,8 @@ class _Template:
 
 
 _EPOCH_RETRIES = 3  # repeats of an epoch whose every update was rolled back
+# captured training passes kept (one per minibatch shape; an epoch has at most two)
+_MAX_CAPTURED = 4
 
 
 def _weighted_mcse(f, w, n_draws):
