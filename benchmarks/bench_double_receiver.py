@@ -113,6 +113,8 @@ def parse_args(argv=None):
                     help="encoder covariance ('diag' as the paper)")
     ap.add_argument("--scale-on", choices=["all", "train"], default="all",
                     help="wells whose maxima scale the signals (all: like the reference)")
+    ap.add_argument("--training-refinement", type=int, default=0,
+                    help="Gauss-Newton iterations per training minibatch (semi-amortised training)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the estimators")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--out", type=Path, default=None, help="CSV path (default in results/)")
@@ -129,7 +131,7 @@ def settings(args):
     """The settings that define a run, as a dict (also stored in every CSV row)."""
     keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
             "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
-            "time_budget"]
+            "time_budget", "training_refinement"]
     out = {k: getattr(args, k) for k in keys}
     out["time_budget"] = None if math.isinf(args.time_budget) else args.time_budget  # valid JSON
     return out
@@ -204,7 +206,7 @@ def make_estimator(model, args):
         n_eval_samples=args.K_eval, learning_rate=args.learning_rate,
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,
         random_effects=args.random_effects, covariance_type=args.covariance_type,
-        random_state=args.seed,
+        random_state=args.seed, training_refinement=args.training_refinement,
     )
 
 

@@ -73,10 +73,12 @@ class CapturedTrainingPass:
     estimator : {"iwae", "dreg"}
     warmup : int, default=2
         Eager passes on a side stream before the capture (as CUDA requires).
+    refine : int, default=0
+        Gauss-Newton refinement of the proposals (``training_loss``'s ``refine``).
     """
 
-    def __init__(self, vae, batch, n_total, K, generator, estimator, warmup=2):
-        self.signature = (batch_signature(batch), n_total, K, estimator)
+    def __init__(self, vae, batch, n_total, K, generator, estimator, warmup=2, refine=0):
+        self.signature = (batch_signature(batch), n_total, K, estimator, refine)
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.grads = [p.grad for p in self.params]  # the graph writes into these
         self.inputs = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
@@ -85,7 +87,8 @@ class CapturedTrainingPass:
         def run():
             for p in self.params:
                 p.grad.zero_()
-            loss, per_series, out = vae.training_loss(static, n_total, K, generator, estimator)
+            loss, per_series, out = vae.training_loss(static, n_total, K, generator, estimator,
+                                                      refine=refine)
             loss.backward()
             return loss.detach(), per_series.detach(), out["log_w"].detach(), out["n_bad"]
 
@@ -103,9 +106,9 @@ class CapturedTrainingPass:
             self.outputs = run()
         generator.set_state(state)
 
-    def matches(self, batch, n_total, K, estimator):
+    def matches(self, batch, n_total, K, estimator, refine=0):
         """Whether ``batch`` has the captured shape and switches, and the settings match."""
-        return (batch_signature(batch), n_total, K, estimator) == self.signature
+        return (batch_signature(batch), n_total, K, estimator, refine) == self.signature
 
     def __call__(self, batch):
         """Replay for ``batch``: ``(loss, per_series, log_w, n_bad)`` in the graph's buffers.

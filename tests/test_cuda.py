@@ -165,3 +165,30 @@ def test_model_that_reads_the_device_trains_eagerly_with_a_warning(data):
                                  n_iter_no_change=100).fit(data.X, groups=data.groups,
                                                            times=data.times)
     assert est._captured is False and np.isfinite(est.loss_curve_).all()
+
+
+def test_refined_training_is_captured_and_never_waits(cuda_fit, data):
+    """Semi-amortised training (Gauss-Newton refinement) keeps the pass capturable."""
+    prepared = cuda_fit._prepare(data.X, data.groups, None, data.times, reset=False)
+    dev = torch.device("cuda")
+    batch = prepared.batch(np.arange(16), cuda_fit.scaling_, None, dev, torch.float32)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    vae = cuda_fit.vae_
+    vae.training_loss(batch, 24, 8, gen, "dreg", refine=2)
+    vae.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, _, _ = vae.training_loss(batch, 24, 8, gen, "dreg", refine=2)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "could not be captured"
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+        est = HierarchicalODEVAE(data.model, max_iter=5, batch_size=16, device="cuda",
+                                 random_state=0, training_refinement=2,
+                                 n_iter_no_change=100).partial_fit(data.X, groups=data.groups,
+                                                                  times=data.times)
+    assert len(est._captured["passes"]) == 2 and np.isfinite(est.loss_curve_).all()

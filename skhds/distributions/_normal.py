@@ -4,7 +4,7 @@ import math
 
 import torch
 
-__all__ = ["normal_log_prob", "normal_kl", "gaussian_rsample", "gaussian_log_prob"]
+__all__ = ["normal_log_prob", "normal_kl", "gaussian_rsample", "gaussian_log_prob", "gaussian_kl"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -100,3 +100,30 @@ def gaussian_log_prob(z, loc, scale):
     log_det = torch.log(torch.diagonal(scale, dim1=-2, dim2=-1)).sum(-1)  # (S, 1) or (S, K)
     n = z.shape[-1]
     return -0.5 * (u * u).sum(-1) - log_det - n * _LOG_SQRT_2PI
+
+
+def gaussian_kl(loc_p, scale_p, loc_q, scale_q):
+    """``KL(N(loc_p, L_p L_p^T) || N(loc_q, L_q L_q^T))`` per row.
+
+    Parameters
+    ----------
+    loc_p : torch.Tensor of shape (S, n)
+        Means of the first Gaussians.
+    scale_p : torch.Tensor of shape (S, n, n)
+        Lower-triangular Cholesky factors of their covariances.
+    loc_q : torch.Tensor of shape (S, n)
+        Means of the second Gaussians.
+    scale_q : torch.Tensor of shape (S, n, n)
+        Lower-triangular Cholesky factors of their covariances.
+
+    Returns
+    -------
+    torch.Tensor of shape (S,)
+        The divergence of each row's pair (differentiable in all arguments).
+    """
+    m = torch.linalg.solve_triangular(scale_q, scale_p, upper=False)
+    d = torch.linalg.solve_triangular(scale_q, (loc_p - loc_q).unsqueeze(-1), upper=False)
+    log_det = (torch.log(torch.diagonal(scale_q, dim1=-2, dim2=-1))
+               - torch.log(torch.diagonal(scale_p, dim1=-2, dim2=-1))).sum(-1)
+    n = loc_p.shape[-1]
+    return 0.5 * ((m * m).sum((-2, -1)) + (d * d).sum((-2, -1)) - n) + log_det

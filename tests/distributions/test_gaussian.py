@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from skhds.distributions import gaussian_log_prob, gaussian_rsample, normal_log_prob
+from skhds.distributions import gaussian_kl, gaussian_log_prob, gaussian_rsample, normal_log_prob
 
 
 def _tril(seed, S=3, n=3):
@@ -64,3 +64,19 @@ def test_log_prob_is_differentiable_through_the_factor():
     L = L.clone().requires_grad_(True)
     z = torch.zeros((1, 3, 2), dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda m: gaussian_log_prob(z, loc, torch.tril(m)), (L,))
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    gen = torch.Generator().manual_seed(0)
+    S, n = 5, 3
+    locs = [torch.randn(S, n, generator=gen, dtype=torch.float64) for _ in range(2)]
+    trils = []
+    for _ in range(2):
+        a = torch.randn(S, n, n, generator=gen, dtype=torch.float64)
+        trils.append(torch.linalg.cholesky(a @ a.transpose(-1, -2) + 0.5 * torch.eye(n)))
+    ours = gaussian_kl(locs[0], trils[0], locs[1], trils[1])
+    p = torch.distributions.MultivariateNormal(locs[0], scale_tril=trils[0])
+    q = torch.distributions.MultivariateNormal(locs[1], scale_tril=trils[1])
+    torch.testing.assert_close(ours, torch.distributions.kl_divergence(p, q))
+    assert torch.allclose(gaussian_kl(locs[0], trils[0], locs[0], trils[0]),
+                          torch.zeros(S, dtype=torch.float64), atol=1e-12)
