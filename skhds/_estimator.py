@@ -690,8 +690,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             self._captured = False
             warnings.warn(
                 "The training pass could not be captured in a CUDA graph, so training continues "
-                f"without (slower); the model's right-hand side may read device values on the host "
-                f"(Python `if` on a tensor, .item()). Set cuda_graphs=False to silence this. ({exc})",
+                "without (slower). Usually the model reads device values on the host (a Python "
+                "`if` on a tensor, .item(), a tensor built from host data at every call); see "
+                f"skhds/_cuda_graphs.py. Set cuda_graphs=False to silence this. ({exc})",
                 UserWarning,
                 stacklevel=4,
             )
