@@ -159,7 +159,7 @@ def training_step(dev, K, repeats, run, model="white", epochs=6):
     """The package's training minibatch and epoch, eager and replayed (see the module notes)."""
     import warnings
 
-    from bench_minibatch import study_shaped_data
+    from bench_minibatch import fitted_minibatch, study_shaped_data
     from skhds import HierarchicalODEVAE
     from skhds._cuda_graphs import CapturedTrainingPass
     from skhds.models import DoubleReceiver, DoubleReceiverBlackBox
@@ -173,11 +173,7 @@ def training_step(dev, K, repeats, run, model="white", epochs=6):
                                   device=str(dev), random_state=0, cuda_graphs=graphs)
 
     est = estimator(False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.partial_fit(X[:36], groups=groups[:36], inputs=inputs[:36], times=t)
-    data = est._prepare(X[:36], groups[:36], inputs[:36], t, reset=False)
-    batch = data.batch(np.arange(36), est.scaling_, None, dev, torch.float32)
+    batch = fitted_minibatch(est, X[:36], t, inputs[:36], groups[:36], 36, dev)
     vae = est.vae_
     gen = torch.Generator(device=dev)
 

@@ -50,6 +50,15 @@ def study_shaped_data(n=36, seed=0):
         return X, times, inputs, groups, "synthetic"
 
 
+def fitted_minibatch(est, X, times, inputs, groups, n, device):
+    """One ``partial_fit`` epoch of ``est`` on the series, then the first ``n`` as a device batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.partial_fit(X, groups=groups, inputs=inputs, times=times)
+    data = est._prepare(X, groups, inputs, times, reset=False)
+    return data.batch(np.arange(n), est.scaling_, None, torch.device(device), torch.float32)
+
+
 def eager_baseline(batch, K, device):
     """One forward+backward of the plain eager loop; returns a closure to time."""
     import math
@@ -107,12 +116,8 @@ def main():
     X, times, inputs, groups, kind = study_shaped_data(max(bs, 36))
     est = HierarchicalODEVAE(DoubleReceiver(), batch_size=bs, n_importance_samples=args.K,
                              device=args.device, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.partial_fit(X, groups=groups, inputs=inputs, times=times)
-    data = est._prepare(X, groups, inputs, times, reset=False)
+    batch = fitted_minibatch(est, X, times, inputs, groups, bs, args.device)
     dev = torch.device(args.device)
-    batch = data.batch(np.arange(bs), est.scaling_, None, dev, torch.float32)
     gen = torch.Generator(device=dev).manual_seed(0)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times_fwd, times_total = [], []

@@ -430,8 +430,7 @@ class HierarchicalVAE(torch.nn.Module):
             )
             return loss, per_series, out
         loc, scale, coupling = self.encode(batch)
-        if coupling is not None:
-            loc = loc + torch.einsum("snd,kd->sn", coupling, self._coupling_delta(g))
+        loc = self._mean_at(loc, coupling, g)
         if scale.dim() == 2:
             scale = torch.diag_embed(scale)
         start, start_scale = loc.detach(), scale.detach()
@@ -602,8 +601,7 @@ class HierarchicalVAE(torch.nn.Module):
         slopes = None
         if coupling is not None:
             coupling = coupling.to(f64)
-            delta = self._coupling_delta(g_ref)
-            mean = mean + torch.einsum("snd,kd->skn", coupling, delta)[:, 0]
+            mean = self._mean_at(mean, coupling, g_ref)
             keep = self.coupling_mask.clone()
             for i_mu, i_om in self.hierarchy.ind_index.values():
                 keep[i_mu] = keep[i_om] = False
@@ -702,6 +700,12 @@ class HierarchicalVAE(torch.nn.Module):
                 scale = torch.where(ok[:, None], new_scale, scale)
             loc = torch.where(moved[:, None], mean.to(dtype), loc)
         return loc, scale, coupling
+
+    def _mean_at(self, loc, coupling, g):
+        """Proposal means ``(S, n)`` at one global draw ``g`` (1, D): ``loc + B (g - g_ref)``."""
+        if coupling is None:
+            return loc
+        return loc + torch.einsum("snd,kd->sn", coupling, self._coupling_delta(g).to(loc.dtype))
 
     def _coupling_delta(self, g):
         """``g - q(g)``'s location in the coordinates the individual means are coupled to, else 0."""

@@ -461,6 +461,9 @@ BAD_HYPERPARAMETERS = [
     ({"n_iter_no_change": 0}, ValueError, r"n_iter_no_change"),
     ({"n_hidden": 0}, ValueError, r"n_hidden"),
     ({"tol": -1.0}, ValueError, r"tol"),
+    ({"training_refinement": -1}, ValueError, r"training_refinement"),
+    ({"training_refinement": 2.0}, TypeError, r"training_refinement"),
+    ({"cuda_graphs": "yes"}, TypeError, r"cuda_graphs"),
     ({"model": "logistic"}, TypeError, r"model"),
     ({"model": LogisticGrowth}, TypeError, r"model"),
 ]
