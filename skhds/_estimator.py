@@ -30,6 +30,7 @@ from ._validation import (
     check_inputs,
     check_observations,
     check_positive_float,
+    check_learning_rate_schedule,
     check_positive_int,
     check_times,
     warn_all_missing,
@@ -85,7 +86,18 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     batch_size : int, default=32
         Series per minibatch.
     learning_rate : float, default=0.01
-        Adam step size.
+        Adam step size (the rate until the first change of
+        ``learning_rate_schedule``).
+    learning_rate_schedule : sequence of (int, float), callable or None, default=None
+        How the step size changes over training. ``None`` keeps
+        ``learning_rate``. A sequence of ``(epochs, rate)`` pairs, with
+        increasing ``epochs``, switches to ``rate`` once that many epochs are
+        complete: the VI-HDS study's ``[(250, 0.002), (1000, 0.0002)]`` trains
+        250 epochs at ``learning_rate``, then at 0.002 up to epoch 1,000, then
+        at 0.0002. A callable ``f(n_completed_epochs) -> rate`` gives the rate
+        of every epoch (define it at module level to pickle the estimator). The count runs over ``fit``, ``partial_fit`` and warm
+        starts alike (``n_iter_``). A rate halved after a rolled-back update
+        (see ``history_``) stays halved relative to the schedule.
     max_iter : int, default=1000
         Maximum number of epochs.
     tol : float, default=1e-3
@@ -206,7 +218,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     __metadata_request__predict = {**_METADATA, "prediction_times": True, "return_std": True}
 
     def __init__(self, model=None, *, solver="heun", dt=None, n_importance_samples=32,
-                 n_eval_samples=256, batch_size=32, learning_rate=0.01, max_iter=1000, tol=1e-3,
+                 n_eval_samples=256, batch_size=32, learning_rate=0.01, learning_rate_schedule=None,
+                 max_iter=1000, tol=1e-3,
                  n_iter_no_change=100, early_stopping=False, validation_fraction=0.1,
                  gradient_estimator="dreg", random_effects="learned", n_hidden=64,
                  covariance_type="full", random_state=None, device="cpu", dtype="float32", verbose=0,
@@ -220,6 +233,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.n_eval_samples = n_eval_samples
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.learning_rate_schedule = learning_rate_schedule
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
@@ -250,6 +264,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         check_positive_int(self.n_eval_samples, "n_eval_samples")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_float(self.learning_rate, "learning_rate")
+        check_learning_rate_schedule(self.learning_rate_schedule)
         check_positive_int(self.max_iter, "max_iter")
         check_positive_int(self.n_iter_no_change, "n_iter_no_change")
         check_positive_int(self.n_hidden, "n_hidden")
@@ -439,6 +454,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             self._eval_seed = self._seed + 7
             self._smoothed = None
             self._best_val = -math.inf
+            self._lr_factor = 1.0  # halvings after rolled-back updates
         else:
             self.vae_.to(device=device, dtype=dtype)
         saved = self.__dict__.pop("_optimizer_state", None)
@@ -447,8 +463,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             self._captured = None  # captured training passes belong to one network and device
         if continuing and saved is not None:
             self._optimizer.load_state_dict(to_torch(saved, device))
-            for group in self._optimizer.param_groups:
-                group["lr"] = min(group["lr"], self.learning_rate)
+        if not hasattr(self, "_lr_factor"):  # saved before schedules: halvings in the saved rate
+            saved_rate = self._optimizer.param_groups[0]["lr"]
+            self._lr_factor = min(1.0, saved_rate / self.learning_rate)
         n_epochs = max_epochs if max_epochs is not None else self.max_iter
         self._tb_writer = (None if writer_class is None
                            else writer_class(log_dir=os.fspath(self.tensorboard_dir)))
@@ -568,6 +585,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         """
         vae, opt = self.vae_, self._optimizer
         epoch = self.n_iter_
+        rate = _scheduled_rate(self.learning_rate, self.learning_rate_schedule, epoch)
+        for group in opt.param_groups:
+            group["lr"] = rate * self._lr_factor
         self._epoch_state = (copy.deepcopy(vae.state_dict()), copy.deepcopy(opt.state_dict()))
         t_start = time.perf_counter()
         n_rollbacks = 0
@@ -652,6 +672,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         opt.load_state_dict(self._epoch_state[1])
         for group in opt.param_groups:
             group["lr"] *= 0.5
+        self._lr_factor *= 0.5
         # the restored optimiser state carries the old rate: keep the halved one
         self._epoch_state[1]["param_groups"] = copy.deepcopy(opt.state_dict()["param_groups"])
 
@@ -1509,6 +1530,25 @@ def _resample(w, n, gen):
     """``n`` indices per row drawn with probabilities ``w`` (uniform for rows of zeros)."""
     safe = torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w))
     return torch.multinomial(safe, n, replacement=True, generator=gen)
+
+
+def _scheduled_rate(base, schedule, n_done):
+    """The learning rate of the epoch after ``n_done`` complete ones (see the class docstring)."""
+    if schedule is None:
+        return base
+    if callable(schedule):
+        rate = schedule(n_done)
+        try:
+            return check_positive_float(rate, "learning_rate_schedule")
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"learning_rate_schedule({n_done}) must return a finite number > 0, got {rate!r}."
+            ) from None
+    rate = base
+    for epochs, r in check_learning_rate_schedule(schedule):
+        if n_done >= epochs:
+            rate = r
+    return rate
 
 
 def _groups_or_y(groups, y):

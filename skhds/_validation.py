@@ -48,6 +48,32 @@ def check_positive_float(value, name, allow_none=False):
     return value
 
 
+def check_learning_rate_schedule(schedule):
+    """Validate ``learning_rate_schedule``: None, a callable, or ``(epochs, rate)`` pairs.
+
+    Returns the pairs as a list of ``(int, float)`` (None and callables unchanged).
+    """
+    name = "learning_rate_schedule"
+    if schedule is None or callable(schedule):
+        return schedule
+    if isinstance(schedule, (str, bytes, dict)) or not hasattr(schedule, "__iter__"):
+        raise TypeError(
+            f"{name} must be None, a callable epoch -> rate, or a sequence of (epochs, rate) "
+            f"pairs, got {schedule!r}."
+        )
+    pairs = []
+    for item in schedule:
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise ValueError(f"{name} entries must be (epochs, rate) pairs, got {item!r}.")
+        epochs, rate = item
+        epochs = check_positive_int(epochs, f"{name} epochs", minimum=0)
+        rate = check_positive_float(rate, f"{name} rate")
+        if pairs and epochs <= pairs[-1][0]:
+            raise ValueError(f"{name} epochs must increase, got {epochs} after {pairs[-1][0]}.")
+        pairs.append((epochs, rate))
+    return pairs
+
+
 def check_observations(X, n_observables=None):
     """Validate observations ``X`` of shape ``(n_series, n_observables, n_times)``.
 

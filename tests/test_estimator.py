@@ -596,6 +596,56 @@ def test_partial_fit_calls_match_fit_epochs(data):
 
 
 @ignore_convergence
+def test_learning_rate_schedule_pairs_switch_after_complete_epochs(data):
+    est = _fit(data, max_iter=5, learning_rate_schedule=[(2, 0.002), (4, 1e-4)])
+    np.testing.assert_allclose(est.history_["learning_rate"], [0.01, 0.01, 0.002, 0.002, 1e-4])
+    # the same epochs without a schedule differ only from epoch 3 on (same draws before)
+    plain = _fit(data, max_iter=3)
+    np.testing.assert_allclose(est.loss_curve_[:2], plain.loss_curve_[:2], rtol=1e-6)
+    assert est.loss_curve_[2] == pytest.approx(plain.loss_curve_[2], rel=0.05)
+
+
+def _inverse_decay(n_done):
+    """A learning-rate schedule (module level: picklable)."""
+    return 0.01 / (1 + n_done)
+
+
+@ignore_convergence
+def test_learning_rate_schedule_callable_and_continued_count(data):
+    """A callable gets the number of complete epochs, counted across partial_fit calls and
+    warm starts (also after a pickle round trip)."""
+    schedule = _inverse_decay
+    est = HierarchicalODEVAE(data.model, random_state=0, learning_rate_schedule=schedule)
+    for _ in range(2):
+        est.partial_fit(data.X, **_kw(data))
+    est = pickle.loads(pickle.dumps(est))
+    est.set_params(warm_start=True, max_iter=2).fit(data.X, **_kw(data))
+    np.testing.assert_allclose(est.history_["learning_rate"], [0.01 / (1 + e) for e in range(4)])
+    full = _fit(data, max_iter=4, learning_rate_schedule=schedule)
+    np.testing.assert_allclose(est.loss_curve_, full.loss_curve_, rtol=1e-5)
+
+
+@ignore_convergence
+def test_learning_rate_schedule_rate_is_the_optimisers(data):
+    """A (near) zero scheduled rate freezes the parameters: the optimiser uses the rate."""
+    est = _fit(data, max_iter=1, learning_rate_schedule=[(1, 1e-12)])
+    before = {k: v.clone() for k, v in est.vae_.state_dict().items()}
+    est.set_params(warm_start=True, max_iter=2).fit(data.X, **_kw(data))
+    after = est.vae_.state_dict()
+    assert max(float((after[k] - v).abs().max()) for k, v in before.items()) < 1e-9
+    moved = _fit(data, max_iter=3)  # the same epochs at the default rate do move them
+    assert max(float((moved.vae_.state_dict()[k] - v).abs().max()) for k, v in before.items()) > 1e-3
+
+
+def test_learning_rate_schedule_callable_bad_rate_names_it(data):
+    est = HierarchicalODEVAE(data.model, max_iter=3, random_state=0,
+                             learning_rate_schedule=lambda n: math.nan if n == 1 else 0.01)
+    with pytest.raises(ValueError, match=r"learning_rate_schedule\(1\) must return a finite"):
+        est.fit(data.X, **_kw(data))
+    assert est.n_iter_ == 1 and np.isfinite(est.predict(data.X, **_kw(data))).all()
+
+
+@ignore_convergence
 def test_warm_start_continues_like_one_long_fit(data):
     """fit(3 epochs) + warm-start fit(2 epochs) == fit(5 epochs), in memory and after a
     pickle round trip (the optimiser state is part of the continued state)."""

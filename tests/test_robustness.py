@@ -339,6 +339,14 @@ def test_rollback_restores_epoch_start_and_halves_learning_rate(decay_data, nan_
     assert np.isfinite(est.predict(X, times=times)).all()
 
 
+def test_halved_rate_stays_halved_relative_to_the_schedule(decay_data, nan_adam):
+    X, times = decay_data
+    nan_adam.nan_at = 4  # the last update of epoch 2 (2 per epoch)
+    est = _small(TwoDecay(), max_iter=4, learning_rate_schedule=[(3, 0.002)]).fit(X, times=times)
+    assert est.history_["rollbacks"].tolist() == [0, 1, 0, 0]
+    np.testing.assert_allclose(est.history_["learning_rate"], [0.01, 0.005, 0.005, 0.001])
+
+
 def test_rollback_state_equals_epoch_start(decay_data, nan_adam):
     X, times = decay_data
     reference = _small(TwoDecay(), max_iter=1).fit(X, times=times)

@@ -464,6 +464,12 @@ BAD_HYPERPARAMETERS = [
     ({"training_refinement": -1}, ValueError, r"training_refinement"),
     ({"training_refinement": 2.0}, TypeError, r"training_refinement"),
     ({"cuda_graphs": "yes"}, TypeError, r"cuda_graphs"),
+    ({"learning_rate_schedule": "step"}, TypeError, r"learning_rate_schedule"),
+    ({"learning_rate_schedule": [(2, 0.001, 3)]}, ValueError, r"learning_rate_schedule"),
+    ({"learning_rate_schedule": [(2.5, 0.001)]}, TypeError, r"learning_rate_schedule epochs"),
+    ({"learning_rate_schedule": [(2, -0.001)]}, ValueError, r"learning_rate_schedule rate"),
+    ({"learning_rate_schedule": [(3, 0.01), (2, 0.001)]}, ValueError,
+     r"learning_rate_schedule epochs must increase"),
     ({"model": "logistic"}, TypeError, r"model"),
     ({"model": LogisticGrowth}, TypeError, r"model"),
 ]
