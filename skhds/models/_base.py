@@ -146,7 +146,11 @@ class ODEModel(torch.nn.Module):
         Returns
         -------
         dict of str to torch.Tensor
-            New names (not parameter names), each broadcastable to ``(S, K)``.
+            New names (not parameter names), each broadcastable to ``(S, K)``
+            or, for a right-hand side written on the state vector, to
+            ``(S, K, m)`` (constants arranged over the states, a layer's
+            pre-activation; :class:`~skhds.models.DoubleReceiver` and
+            :class:`~skhds.models.DoubleReceiverBlackBox` do both).
         """
         return {}
 

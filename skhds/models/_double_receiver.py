@@ -105,38 +105,58 @@ class DoubleReceiver(ODEModel):
         return _density_only(params["r"], len(self.states), self.x0)
 
     def derived(self, params, inputs):
-        """Receptor activation by the two signals (constant along a well's trajectory)."""
+        """Everything in the right-hand side that is constant along a trajectory.
+
+        The receptor activations ``fR``, ``fS`` (fractional powers of the
+        signals, the costliest terms), and the constants of the eight
+        equations arranged as vectors over the states, so that :meth:`rhs`
+        computes all eight derivatives with a few operations on the state
+        vector instead of one small operation per term (what dominates the
+        cost of a solve on a CPU: see benchmarks/README.md).
+        """
         p = params
         c6, c12 = inputs["C6"], inputs["C12"]
         a6, a12 = p["KR6"] * c6, p["KR12"] * c12
         s6, s12 = p["KS6"] * c6, p["KS12"] * c12
+        fR = (_safe_pow(a6, p["nR"]) + _safe_pow(a12, p["nR"])) / (1.0 + a6 + a12) ** p["nR"]
+        fS = (_safe_pow(s6, p["nS"]) + _safe_pow(s12, p["nS"])) / (1.0 + s6 + s12) ** p["nS"]
+        rc, one = p["rc"].unsqueeze(-1), torch.ones_like(p["r"])
+        vec = self.stack  # (S, K, n_terms)
         return {
-            "fR": (_safe_pow(a6, p["nR"]) + _safe_pow(a12, p["nR"])) / (1.0 + a6 + a12) ** p["nR"],
-            "fS": (_safe_pow(s6, p["nS"]) + _safe_pow(s12, p["nS"])) / (1.0 + s6 + s12) ** p["nS"],
+            "fR": fR, "fS": fS,
+            # growth: gamma = r sigmoid(4 (t - tlag)) (1 - x / K)
+            "inv_K": 1.0 / p["K"],
+            # production independent of the state, per state: rc (0, 1, ., ., a530, a480, aR, aS)
+            "v_production": rc * vec(0.0, 1.0, 0.0, 0.0, p["a530"], p["a480"], p["aR"], p["aS"]),
+            # loss rates: -gamma for x (growth), gamma + d for the others
+            "v_gamma_sign": vec(*([-one] + [one] * 7)),
+            "v_decay": vec(0.0, p["drfp"], p["dyfp"], p["dcfp"], 0.0, 0.0, p["dR"], p["dS"]),
+            # promoters (P81, P76) from the bound receptors (bR, bS)
+            "v_f": vec(fR, fS),
+            "v_KGR": vec(p["KGR_81"], p["KGR_76"]),
+            "v_KGS": vec(p["KGS_81"], p["KGS_76"]),
+            "v_e": vec(p["e81"], p["e76"]),
+            "v_rc_a": rc * vec(p["aYFP"], p["aCFP"]),
         }
 
     def rhs(self, t, x, params, inputs):
-        """The double-receiver dynamics (see the class docstring)."""
+        """The double-receiver dynamics (see the class docstring), on the state vector.
+
+        With the constants of :meth:`derived`, for ``x = (x, rfp, yfp, cfp,
+        f530, f480, luxR, lasR)``::
+
+            dx/dt = production + rc (0, 0, aYFP P81, aCFP P76, 0, 0, 0, 0)
+                    - (gamma (-1, 1, ..., 1) + (0, drfp, dyfp, dcfp, 0, 0, dR, dS)) * x
+        """
         p = params
-        xx, rfp, yfp, cfp, f530, f480, luxR, lasR = x.unbind(-1)
-        gamma = p["r"] * torch.sigmoid(4.0 * (t - p["tlag"])) * (1.0 - xx / p["K"])
-        fR, fS = p["fR"], p["fS"]
-        bR, bS = luxR * luxR * fR, lasR * lasR * fS
-        gr76, gs76 = p["KGR_76"] * bR, p["KGS_76"] * bS
-        gr81, gs81 = p["KGR_81"] * bR, p["KGS_81"] * bS
-        P76 = (p["e76"] + gr76 + gs76) / (1.0 + gr76 + gs76)
-        P81 = (p["e81"] + gr81 + gs81) / (1.0 + gr81 + gs81)
-        rc = p["rc"]
-        return self.stack(
-            gamma * xx,
-            rc - (gamma + p["drfp"]) * rfp,
-            rc * p["aYFP"] * P81 - (gamma + p["dyfp"]) * yfp,
-            rc * p["aCFP"] * P76 - (gamma + p["dcfp"]) * cfp,
-            rc * p["a530"] - gamma * f530,
-            rc * p["a480"] - gamma * f480,
-            rc * p["aR"] - (gamma + p["dR"]) * luxR,
-            rc * p["aS"] - (gamma + p["dS"]) * lasR,
-        )
+        density = x[..., 0]
+        gamma = p["r"] * torch.sigmoid(4.0 * (t - p["tlag"])) * (1.0 - density * p["inv_K"])
+        b = x[..., 6:8].square() * p["v_f"]  # (bR, bS) = (luxR^2 fR, lasR^2 fS)
+        g = torch.addcmul(b[..., :1] * p["v_KGR"], b[..., 1:], p["v_KGS"])  # KGR bR + KGS bS
+        promoters = (p["v_e"] + g) / (1.0 + g)  # (P81, P76)
+        production = p["v_production"] + nn.functional.pad(p["v_rc_a"] * promoters, (2, 4))
+        rates = torch.addcmul(p["v_decay"], gamma.unsqueeze(-1), p["v_gamma_sign"])
+        return torch.addcmul(production, rates, x, value=-1.0)
 
     def observe(self, x, params, inputs):
         """``OD = x``, ``mRFP1 = x rfp``, ``EYFP = x (yfp + f530)``, ``ECFP = x (cfp + f480)``."""
@@ -204,14 +224,33 @@ class DoubleReceiverBlackBox(ODEModel):
         """``s0 = x0``, everything else 0."""
         return _density_only(params["eR"], len(self.states), self.x0)
 
-    def rhs(self, t, x, params, inputs):
-        """Neural production/degradation dynamics."""
+    def derived(self, params, inputs):
+        """The network's terms that are constant along a trajectory, computed once per solve.
+
+        The hidden layer acts on ``[s, z, log(1+c), e_R, e_S]``; all but ``s``
+        are constant, so their contribution ``W_cond [z, log(1+c), e] + b`` is
+        computed here once, and :meth:`rhs` adds ``W_s s``. The production and
+        degradation layers are applied as one product.
+        """
         cond = [params[f"z{i}"] for i in range(self.n_latent)]
         cond += [torch.log1p(inputs["C6"]), torch.log1p(inputs["C12"]), params["eR"], params["eS"]]
-        cond = self.stack(*cond)
-        cond = cond.expand(x.shape[:-1] + cond.shape[-1:])
-        h = torch.tanh(self.hidden(torch.cat([x, cond], dim=-1)))
-        return torch.sigmoid(self.activation(h)) - torch.sigmoid(self.degradation(h)) * x
+        cond = self.stack(*cond)  # (S, K, n_cond)
+        n = len(self.states)
+        w = self.hidden.weight
+        return {
+            "nn_hidden_const": nn.functional.linear(cond, w[:, n:], self.hidden.bias),
+            "nn_hidden_state": w[:, :n],
+            "nn_out_weight": torch.cat([self.activation.weight, self.degradation.weight]),
+            "nn_out_bias": torch.cat([self.activation.bias, self.degradation.bias]),
+        }
+
+    def rhs(self, t, x, params, inputs):
+        """Neural production/degradation dynamics: ``sigmoid(W_a h + b_a) - sigmoid(W_d h + b_d) s``."""
+        p = params
+        h = torch.tanh(p["nn_hidden_const"] + nn.functional.linear(x, p["nn_hidden_state"]))
+        rates = torch.sigmoid(nn.functional.linear(h, p["nn_out_weight"], p["nn_out_bias"]))
+        production, degradation = rates.chunk(2, dim=-1)
+        return torch.addcmul(production, degradation, x, value=-1.0)
 
     def observe(self, x, params, inputs):
         """``OD = s0`` and the three fluorescence signals ``s0 * s_k``."""

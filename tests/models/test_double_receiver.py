@@ -420,6 +420,7 @@ def test_black_box_rhs_and_observe():
     tp = {k: torch.as_tensor(v) for k, v in p.items()}
     inputs = {"C6": torch.as_tensor(C6).reshape(-1, 1), "C12": torch.as_tensor(C12).reshape(-1, 1)}
     t = torch.zeros(1, 1, dtype=F64)
+    tp = model.with_derived(tp, inputs)  # the network's constant terms, once per solve
     out = model.rhs(t, torch.as_tensor(x), tp, inputs)
     assert out.shape == (S, K, 6) and out.dtype == F64
     ref, _ = _np_black_box_rhs(model, x, p, C6[:, None], C12[:, None])

@@ -48,6 +48,10 @@ CASES = {
 FIT = dict(max_iter=100, n_iter_no_change=10_000, learning_rate=0.02, batch_size=16,
            random_state=0)
 ANNEAL = dict(max_iter=30, learning_rate=0.004, warm_start=True)
+# Heavy tails converge more slowly: at 100 + 30 epochs, one of six optimiser seeds (0-5)
+# ended with the Student-t sigma at 1.26 x the truth (the others 1.06-1.09); with 230 + 30
+# all six landed at 1.04-1.10 (measured with learning_rate_schedule=[(230, 0.004)]).
+FIRST_STAGE_EPOCHS = {"student": 230}
 
 
 def _model(noise):
@@ -69,8 +73,9 @@ def _outlier_data():
     return data
 
 
-def _fit(data, noise):
-    est = HierarchicalODEVAE(_model(noise), **FIT)
+def _fit(data, noise, case):
+    fit = {**FIT, "max_iter": FIRST_STAGE_EPOCHS.get(case, FIT["max_iter"])}
+    est = HierarchicalODEVAE(_model(noise), **fit)
     kw = dict(groups=data.groups[TRAIN], times=TIMES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fixed budget on purpose
@@ -88,7 +93,7 @@ def fits():
         key = (data_case, model_case)
         if key not in cache:
             data = _outlier_data() if data_case == "outliers" else _data(data_case)
-            cache[key] = (data, _fit(data, CASES[model_case][0]()))
+            cache[key] = (data, _fit(data, CASES[model_case][0](), model_case))
         return cache[key]
 
     return get
@@ -151,7 +156,8 @@ def test_simulated_residuals_match_the_log_density(case):
 # Measured at these seeds: posterior mean / truth and z = (mean - truth) / posterior sd:
 #   gaussian sigma 0.987 (z -0.3)   proportional b 1.015 (+0.2)
 #   combined a 0.990 (-0.1), b 1.039 (+0.6)   laplace scale 1.029 (+0.5)
-#   student sigma 1.051 (+1.0)
+#   student sigma 1.051 (+1.0) (at 100 + 30 epochs; a change of round-off in the solver
+#   later moved that fit to 1.26, hence its longer first stage, FIRST_STAGE_EPOCHS)
 # At three other seeds (two other datasets, one other estimator seed), |mean / truth - 1|
 # stayed below 0.11. The exceptions: combined a reached 1.205, which matches its oracle
 # (1.20) on that draw, and one Student-t fit failed at 1.38 (oracle 1.03).
