@@ -637,6 +637,19 @@ def test_learning_rate_schedule_rate_is_the_optimisers(data):
     assert max(float((moved.vae_.state_dict()[k] - v).abs().max()) for k, v in before.items()) > 1e-3
 
 
+@ignore_convergence
+def test_estimator_saved_before_schedules_keeps_its_halved_rate(data):
+    """Pickles from before learning_rate_schedule carry halvings only in the optimiser's rate."""
+    est = _fit(data, max_iter=1)
+    state = est.__getstate__()
+    del state["_lr_factor"]
+    state["_optimizer_state"]["param_groups"][0]["lr"] = 0.005  # one rollback, old style
+    old = HierarchicalODEVAE.__new__(HierarchicalODEVAE)
+    old.__setstate__(state)
+    old.set_params(warm_start=True, max_iter=1).fit(data.X, **_kw(data))
+    np.testing.assert_allclose(old.history_["learning_rate"], [0.01, 0.005])
+
+
 def test_learning_rate_schedule_callable_bad_rate_names_it(data):
     est = HierarchicalODEVAE(data.model, max_iter=3, random_state=0,
                              learning_rate_schedule=lambda n: math.nan if n == 1 else 0.01)
