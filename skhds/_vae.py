@@ -288,14 +288,13 @@ class HierarchicalVAE(torch.nn.Module):
         nparams = self.noise_params(params)
         noise = self.model.noise
         with torch.no_grad():
-            finite = torch.isfinite(means)
-            probe = noise.log_prob(y, torch.where(finite, means, torch.zeros_like(means)), nparams)
-            ok = finite & (torch.isfinite(probe) | ~mask)
-            bad = ~ok.all(-1).all(-1)  # (S, K)
+            # one number per sample, not finite if any mean is not (0 * inf = NaN; also
+            # means whose sum overflows) or the density of an observed entry overflows
+            probe = noise.log_prob_sum(y, means, nparams, mask) + 0.0 * means.sum((-2, -1))
+            bad = ~torch.isfinite(probe)  # (S, K)
         # unconditional (no host synchronisation on a GPU): a no-op where nothing is bad
         means = torch.where(bad[..., None, None], y.expand_as(means), means)
-        lp = noise.log_prob(y, means, nparams)
-        ll = torch.where(mask, lp, torch.zeros_like(lp)).sum((-2, -1))
+        ll = noise.log_prob_sum(y, means, nparams, mask)
         return torch.where(bad, torch.full_like(ll, math.nan), ll)
 
     def encode(self, batch):

@@ -57,6 +57,35 @@ class NoiseModel:
         """
         raise NotImplementedError
 
+    def log_prob_sum(self, y, mean, params, mask):
+        """Log density summed over the observed entries of each sample: ``(S, K)``.
+
+        The default sums :meth:`log_prob` where ``mask`` is true; a noise model
+        may override it with a cheaper equivalent (the likelihood of every
+        importance sample is one call, on the largest tensors of a pass).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean`` (finite everywhere;
+            unobserved entries hold any finite value).
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        mask : torch.Tensor of bool
+            True where observed, broadcastable against ``mean``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``sum over observed (observable, time) of log p(y | mean)``, of
+            shape ``mean.shape[:-2]``.
+        """
+        lp = self.log_prob(y, mean, params)
+        return torch.where(mask, lp, torch.zeros_like(lp)).sum((-2, -1))
+
     def variance(self, mean, params):
         """Variance of an observation around ``mean`` (for predictive bands).
 
@@ -144,6 +173,24 @@ class Gaussian(NoiseModel):
             Element-wise Gaussian log density of ``y``, of the shape of ``mean``.
         """
         return _normal_log_prob(y, mean, params["sigma"])
+
+    def log_prob_sum(self, y, mean, params, mask):
+        """Summed Gaussian log density over the observed entries (see :class:`NoiseModel`).
+
+        Computed from the masked sum of squared standardised residuals per
+        observable: five element-wise operations instead of the density's six
+        plus the masking and the sum. The residuals are divided by ``sigma``
+        element by element (not their sum of squares by ``sigma**2``), so the
+        gradient with respect to ``sigma`` overflows only where its value does.
+        """
+        if type(self).log_prob is not Gaussian.log_prob:  # a subclass with its own density
+            return super().log_prob_sum(y, mean, params, mask)
+        sigma = params["sigma"]  # (S|1, K|1, n_obs, 1)
+        u = (y - mean) * (1.0 / sigma) * mask
+        sq = (u * u).sum(-1)  # (S, K, n_obs)
+        n_obs = mask.sum(-1).to(sq.dtype)  # observed times per observable
+        log_norm = torch.log(sigma.squeeze(-1)) + 0.5 * math.log(2.0 * math.pi)
+        return (-0.5 * sq - n_obs * log_norm).sum(-1)
 
     def variance(self, mean, params):
         """``sigma ** 2``.

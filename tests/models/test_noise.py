@@ -110,6 +110,52 @@ def test_log_prob_float32(name):
     np.testing.assert_allclose(lp.numpy(), ref(mean, _np(_params(names))).logpdf(y), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_log_prob_sum_is_the_masked_sum_of_the_scipy_density(name):
+    # observations (S, 1, n_obs, T) against means (S, K, n_obs, T); a third of the entries
+    # unobserved, holding values that would change the sum if they were counted
+    factory, names, ref = MODELS[name]
+    model, params = factory(), _params(names)
+    mean, y = _mean_and_y(3)
+    y1 = y[:, :1].copy()
+    mask = np.random.default_rng(3).random(y1.shape) > 1 / 3
+    y1[~mask] = 1e3
+    out = model.log_prob_sum(torch.tensor(y1, dtype=F64), torch.tensor(mean, dtype=F64), params,
+                             torch.tensor(mask))
+    assert out.shape == (S, K)
+    expected = np.where(mask, ref(mean, _np(params)).logpdf(y1), 0.0).sum((-2, -1))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)  # as log_prob (scale floors)
+
+
+def test_gaussian_log_prob_sum_gradient_overflows_only_with_its_value():
+    # float32, sigma 1e-3, five residuals of 1e14: the sum of squared standardised
+    # residuals, 5e34, is finite, and so is its gradient in sigma, sum r^2 / sigma^3 =
+    # 5e37; the intermediate sum r^2 / sigma^4 = 5e40 of a naive sum / sigma^2 is not
+    sigma = torch.full((1, 1, 1, 1), 1e-3, requires_grad=True)
+    mean = torch.full((1, 1, 1, 5), 1e14)
+    out = Gaussian().log_prob_sum(torch.zeros(1, 1, 1, 5), mean, {"sigma": sigma},
+                                  torch.ones(1, 1, 1, 5, dtype=torch.bool))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(sigma.grad).all()
+    np.testing.assert_allclose(sigma.grad.item(), 5 * 1e14 ** 2 / 1e-3 ** 3, rtol=1e-4)
+
+
+class _WiderGaussian(Gaussian):
+    """A user's subclass with its own density: log_prob_sum must use it."""
+
+    def log_prob(self, y, mean, params):
+        return super().log_prob(y, mean, {"sigma": 2.0 * params["sigma"]})
+
+
+def test_log_prob_sum_of_a_subclass_uses_its_own_density():
+    model, params = _WiderGaussian(), _params(("sigma",))
+    mean, y = _mean_and_y(4)
+    mask = torch.ones(mean.shape, dtype=torch.bool)
+    out = model.log_prob_sum(torch.tensor(y), torch.tensor(mean), params, mask)
+    expected = scipy.stats.norm(mean, 2.0 * _np(params)["sigma"]).logpdf(y).sum((-2, -1))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-9)
+
+
 def test_student_t_log_prob_other_df():
     for df in (1.0, 2.5, 30.0):
         model = StudentT(df=df)

