@@ -28,9 +28,9 @@ from ._validation import (
     check_bool,
     check_groups,
     check_inputs,
+    check_learning_rate_schedule,
     check_observations,
     check_positive_float,
-    check_learning_rate_schedule,
     check_positive_int,
     check_times,
     warn_all_missing,
@@ -95,9 +95,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         complete: the VI-HDS study's ``[(250, 0.002), (1000, 0.0002)]`` trains
         250 epochs at ``learning_rate``, then at 0.002 up to epoch 1,000, then
         at 0.0002. A callable ``f(n_completed_epochs) -> rate`` gives the rate
-        of every epoch (define it at module level to pickle the estimator). The count runs over ``fit``, ``partial_fit`` and warm
-        starts alike (``n_iter_``). A rate halved after a rolled-back update
-        (see ``history_``) stays halved relative to the schedule.
+        of every epoch (define it at module level to pickle the estimator).
+        The count runs over ``fit``, ``partial_fit`` and warm starts alike
+        (``n_iter_``). A rate halved after a rolled-back update (see
+        ``history_``) stays halved relative to the schedule.
     max_iter : int, default=1000
         Maximum number of epochs.
     tol : float, default=1e-3
