@@ -165,6 +165,14 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         ``skhds/_cuda_graphs.py``. Ignored on the CPU. A model that cannot be
         captured (its right-hand side reads device values on the host) is
         trained eagerly, with a warning.
+    compile_solver : bool, default=False
+        On the CPU, compile the solver's step, the model's right-hand side
+        included, with ``torch.compile`` (dynamic shapes). The first solve of
+        a process compiles it (10-30 s, again for evaluation without
+        gradients); after that, training minibatches of the double-receiver
+        study ran about twice as fast (benchmarks/README.md). Needs a C++
+        compiler; where compilation fails, the solver runs eagerly, with a
+        warning. Ignored on CUDA devices (see ``cuda_graphs``).
 
     Attributes
     ----------
@@ -226,7 +234,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                  covariance_type="full", random_state=None, device="cpu", dtype="float32", verbose=0,
                  warm_start=False,
                  checkpoint_path=None, tensorboard_dir=None, training_refinement=0,
-                 cuda_graphs=True):
+                 cuda_graphs=True, compile_solver=False):
         self.model = model
         self.solver = solver
         self.dt = dt
@@ -253,6 +261,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.tensorboard_dir = tensorboard_dir
         self.training_refinement = training_refinement
         self.cuda_graphs = cuda_graphs
+        self.compile_solver = compile_solver
 
     # ----------------------------------------------------------- checks
     def _check_hyperparameters(self):
@@ -282,6 +291,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
         check_bool(self.cuda_graphs, "cuda_graphs")
+        check_bool(self.compile_solver, "compile_solver")
         check_positive_int(self.training_refinement, "training_refinement", minimum=0)
         try:
             device = torch.device(self.device)
@@ -471,6 +481,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self._tb_writer = (None if writer_class is None
                            else writer_class(log_dir=os.fspath(self.tensorboard_dir)))
         try:
+            self._configure_solver(device)
             self._train(train, val, device, dtype, n_epochs, check_convergence=max_epochs is None)
         finally:
             writer = self.__dict__.pop("_tb_writer", None)
@@ -737,7 +748,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------- evaluation
     def _device_dtype(self):
         p = self.vae_.q_global.loc
+        self._configure_solver(p.device)
         return p.device, p.dtype
+
+    def _configure_solver(self, device):
+        """Compiled steps on the CPU only: on CUDA, graphs already remove the launch overhead."""
+        self.vae_.compile_solver = bool(getattr(self, "compile_solver", False)) and device.type == "cpu"
 
     def _chunks(self, n):
         step = max(1, self.batch_size)

@@ -172,6 +172,9 @@ class HierarchicalVAE(torch.nn.Module):
         Column of the group codes for each factor.
     """
 
+    #: solve with the compiled step (skhds.solvers._odeint.compiled_step); set by the estimator
+    compile_solver = False
+
     def __init__(self, model, hierarchy, encoder, q_global, solver, factor_index):
         super().__init__()
         self.model = model
@@ -253,7 +256,8 @@ class HierarchicalVAE(torch.nn.Module):
 
         if not self._checked:
             self._check_outputs(x0, func(batch["solve_times"][:, :1], x0), S, K)
-        traj = odeint(func, x0, batch["solve_times"], method=self.solver, n_substeps=batch["substeps"])
+        traj = odeint(func, x0, batch["solve_times"], method=self.solver, n_substeps=batch["substeps"],
+                      compile=self.compile_solver)
         if batch["prepend"]:
             traj = traj[..., 1:]
         xt = traj.transpose(-1, -2)  # (S, K, T, n_states)

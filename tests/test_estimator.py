@@ -663,6 +663,22 @@ def test_learning_rate_schedule_callable_bad_rate_names_it(data):
 
 
 @ignore_convergence
+def test_compile_solver_trains_and_scores_like_eager(data):
+    """compile_solver=True solves with the compiled step (same numbers up to round-off);
+    set_params takes effect for scoring too, without refitting."""
+    eager = _fit(data, max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a machine without a C++ compiler
+        compiled = _fit(data, max_iter=2, compile_solver=True)
+        assert compiled.vae_.compile_solver
+        np.testing.assert_allclose(compiled.loss_curve_, eager.loss_curve_, rtol=1e-4)
+        np.testing.assert_allclose(compiled.score_samples(data.X, **_kw(data)),
+                                   eager.score_samples(data.X, **_kw(data)), rtol=1e-4, atol=1e-3)
+    compiled.set_params(compile_solver=False).predict(data.X, **_kw(data))
+    assert not compiled.vae_.compile_solver
+
+
+@ignore_convergence
 def test_warm_start_continues_like_one_long_fit(data):
     """fit(3 epochs) + warm-start fit(2 epochs) == fit(5 epochs), in memory and after a
     pickle round trip (the optimiser state is part of the continued state)."""

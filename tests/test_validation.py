@@ -464,6 +464,7 @@ BAD_HYPERPARAMETERS = [
     ({"training_refinement": -1}, ValueError, r"training_refinement"),
     ({"training_refinement": 2.0}, TypeError, r"training_refinement"),
     ({"cuda_graphs": "yes"}, TypeError, r"cuda_graphs"),
+    ({"compile_solver": 1}, TypeError, r"compile_solver"),
     ({"learning_rate_schedule": "step"}, TypeError, r"learning_rate_schedule"),
     ({"learning_rate_schedule": [(2, 0.001, 3)]}, ValueError, r"learning_rate_schedule"),
     ({"learning_rate_schedule": [(2.5, 0.001)]}, TypeError, r"learning_rate_schedule epochs"),

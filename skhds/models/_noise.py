@@ -182,6 +182,23 @@ class Gaussian(NoiseModel):
         plus the masking and the sum. The residuals are divided by ``sigma``
         element by element (not their sum of squares by ``sigma**2``), so the
         gradient with respect to ``sigma`` overflows only where its value does.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean`` (finite everywhere).
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            ``sigma`` of shape ``(S|1, K|1, n_observables, 1)``.
+        mask : torch.Tensor of bool
+            True where observed, broadcastable against ``mean``.
+
+        Returns
+        -------
+        torch.Tensor
+            Summed log density over the observed entries, of shape
+            ``mean.shape[:-2]``.
         """
         if type(self).log_prob is not Gaussian.log_prob:  # a subclass with its own density
             return super().log_prob_sum(y, mean, params, mask)

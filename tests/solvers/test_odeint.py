@@ -6,6 +6,7 @@ and gradients with ``torch.autograd.gradcheck`` and central finite differences.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import scipy.integrate
 import scipy.linalg
 import torch
 
+import skhds.solvers._odeint as _odeint
 from skhds.solvers import (
     SOLVERS,
     ExplicitRungeKutta,
@@ -502,3 +504,51 @@ def test_cuda_matches_cpu(method):
     assert gpu.device.type == "cuda"
     assert gpu.dtype == torch.float32
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ compiled steps
+def _logistic_problem():
+    torch.manual_seed(0)
+    rate = (0.5 + torch.rand(6, 3, 1, dtype=torch.float64)).requires_grad_(True)
+    x0 = torch.full((6, 3, 1), 0.05, dtype=torch.float64, requires_grad=True)
+    times = torch.linspace(0.0, 8.0, 17, dtype=torch.float64)
+
+    def rhs(t, x):
+        return rate * x * (1.0 - x)
+
+    return rhs, x0, times, rate
+
+
+def test_compiled_step_matches_eager_values_and_gradients():
+    """``compile=True`` integrates the same trajectories (and gradients) as eager steps;
+    where no compiler is available it falls back with a warning, with the same result."""
+    rhs, x0, times, rate = _logistic_problem()
+    eager = odeint(rhs, x0, times, method="rk4")
+    g_eager = torch.autograd.grad(eager.square().sum(), (rate, x0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = odeint(rhs, x0, times, method="rk4", compile=True)
+        g_compiled = torch.autograd.grad(compiled.square().sum(), (rate, x0))
+    fell_back = any("Compiling the rk4 step failed" in str(w.message) for w in caught)
+    assert fell_back == (rk4 in _odeint._COMPILE_FAILED)
+    torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_failed_compilation_warns_once_and_steps_eagerly(monkeypatch):
+    def broken(fn, **kwargs):
+        def raise_(*args):
+            raise RuntimeError("no C++ compiler\nsecond line")
+        return raise_
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(_odeint, "_COMPILED", {})
+    monkeypatch.setattr(_odeint, "_COMPILE_FAILED", set())
+    rhs, x0, times, _ = _logistic_problem()
+    with pytest.warns(RuntimeWarning, match=r"Compiling the heun step failed.*no C\+\+ compiler"):
+        out = odeint(rhs, x0, times, method="heun", compile=True)
+    torch.testing.assert_close(out, odeint(rhs, x0, times, method="heun"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # failed once: later solves are eager and silent
+        odeint(rhs, x0, times, method="heun", compile=True)
