@@ -128,6 +128,8 @@ def parse_args(argv=None):
     ap.add_argument("--lr-schedule", default="",
                     help="learning_rate_schedule as EPOCHS:RATE,... e.g. 250:0.002,1000:0.0002 "
                          "(the reference implementation's); empty: constant")
+    ap.add_argument("--compile-solver", action="store_true",
+                    help="compile_solver=True (compiled solver steps; compile time is training time)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the estimators")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--out", type=Path, default=None, help="CSV path (default in results/)")
@@ -149,7 +151,7 @@ def settings(args):
     """The settings that define a run, as a dict (also stored in every CSV row)."""
     keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
             "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
-            "time_budget", "training_refinement", "lr_schedule", "eval_refine"]
+            "time_budget", "training_refinement", "lr_schedule", "eval_refine", "compile_solver"]
     out = {k: getattr(args, k) for k in keys}
     out["time_budget"] = None if math.isinf(args.time_budget) else args.time_budget  # valid JSON
     return out
@@ -225,7 +227,7 @@ def make_estimator(model, args):
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,
         random_effects=args.random_effects, covariance_type=args.covariance_type,
         random_state=args.seed, training_refinement=args.training_refinement,
-        learning_rate_schedule=args.lr_schedule or None,
+        learning_rate_schedule=args.lr_schedule or None, compile_solver=args.compile_solver,
     )
 
 

@@ -8,6 +8,7 @@ one evaluation in :mod:`skhds._vae`.
 """
 
 import copy
+import inspect
 import math
 import os
 import time
@@ -1483,6 +1484,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
     def __setstate__(self, state):
         state = decode_state(state)
+        # saved by an earlier version: hyperparameters added since take their defaults
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                state.setdefault(name, param.default)
         vae_state = state.pop("_vae_state", None)
         saved_device = state.pop("_vae_device", "cpu")
         super().__setstate__(state)

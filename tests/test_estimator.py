@@ -647,9 +647,13 @@ def test_estimator_saved_before_schedules_keeps_its_halved_rate(data):
     est = _fit(data, max_iter=1)
     state = est.__getstate__()
     del state["_lr_factor"]
+    for name in ("learning_rate_schedule", "compile_solver"):  # hyperparameters added since
+        del state[name]
     state["_optimizer_state"]["param_groups"][0]["lr"] = 0.005  # one rollback, old style
     old = HierarchicalODEVAE.__new__(HierarchicalODEVAE)
     old.__setstate__(state)
+    params = old.get_params()  # the added hyperparameters take their defaults
+    assert params["learning_rate_schedule"] is None and params["compile_solver"] is False
     old.set_params(warm_start=True, max_iter=1).fit(data.X, **_kw(data))
     np.testing.assert_allclose(old.history_["learning_rate"], [0.01, 0.005])
 
