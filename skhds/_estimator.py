@@ -171,7 +171,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         included, with ``torch.compile`` (dynamic shapes). The first solve of
         a process compiles it (10-30 s, again for evaluation without
         gradients); after that, training minibatches of the double-receiver
-        study ran about twice as fast (benchmarks/README.md). Needs a C++
+        study ran about 1.7 times as fast, epochs with ``training_refinement``
+        about 1.4 times (benchmarks/README.md). Needs a C++
         compiler; where compilation fails, the solver runs eagerly, with a
         warning. Ignored on CUDA devices (see ``cuda_graphs``).
 
