@@ -108,7 +108,7 @@ class DoubleReceiver(ODEModel):
         """Everything in the right-hand side that is constant along a trajectory.
 
         The receptor activations ``fR``, ``fS`` (fractional powers of the
-        signals, the costliest terms), and the constants of the eight
+        signals, the costliest terms; in ``v_f``), and the constants of the eight
         equations arranged as vectors over the states, so that :meth:`rhs`
         computes all eight derivatives with a few operations on the state
         vector instead of one small operation per term (what dominates the
@@ -123,7 +123,6 @@ class DoubleReceiver(ODEModel):
         rc, one = p["rc"].unsqueeze(-1), torch.ones_like(p["r"])
         vec = self.stack  # (S, K, n_terms)
         return {
-            "fR": fR, "fS": fS,
             # growth: gamma = r sigmoid(4 (t - tlag)) (1 - x / K)
             "inv_K": 1.0 / p["K"],
             # production independent of the state, per state: rc (0, 1, ., ., a530, a480, aR, aS)

@@ -103,20 +103,29 @@ def compiled_step(solver):
     return _COMPILED[solver]
 
 
-def _step_or_fallback(solver, compiled, func, t, x, h):
-    """One compiled step; on a compiler failure, warn once and step eagerly from now on."""
-    try:
-        return compiled(func, t, x, h)
-    except Exception as exc:  # the compiler's errors have no common base class
-        _COMPILE_FAILED.add(solver)
-        warnings.warn(
-            f"Compiling the {solver.name} step failed, so the solver runs eagerly (slower; "
-            f"set compile_solver=False to silence this). {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return solver.step(func, t, x, h)
+def _step_function(solver, compile):
+    """``solver.step``, or its compiled version that falls back to it for good on a failure."""
+    compiled = compiled_step(solver) if compile else None
+    if compiled is None:
+        return solver.step
+
+    def step(func, t, x, h):
+        if solver in _COMPILE_FAILED:  # an earlier step of this solve failed to compile
+            return solver.step(func, t, x, h)
+        try:
+            return compiled(func, t, x, h)
+        except Exception as exc:  # the compiler's errors have no common base class
+            _COMPILE_FAILED.add(solver)
+            warnings.warn(
+                f"Compiling the {solver.name} step failed, so the solver runs eagerly (slower; "
+                f"set compile_solver=False to silence this). {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return solver.step(func, t, x, h)
+
+    return step
 
 
 def odeint(func, x0, times, *, method="heun", n_substeps=1, compile=False):
@@ -168,18 +177,14 @@ def odeint(func, x0, times, *, method="heun", n_substeps=1, compile=False):
     else:
         out = x0.new_empty(x0.shape + (n_times,))
         out[..., 0] = x0
-    compiled = compiled_step(solver) if compile else None
+    step = _step_function(solver, compile)
     x = x0
     for j in range(n_times - 1):
         t0 = times[:, j : j + 1]
         h = (times[:, j + 1 : j + 2] - t0) / n_substeps[j]
         t = t0
         for _ in range(n_substeps[j]):
-            if compiled is not None:
-                x = _step_or_fallback(solver, compiled, func, t, x, h)
-                compiled = None if solver in _COMPILE_FAILED else compiled
-            else:
-                x = solver.step(func, t, x, h)
+            x = step(func, t, x, h)
             t = t + h
         if record_grad:
             states.append(x)
