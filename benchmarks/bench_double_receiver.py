@@ -82,12 +82,15 @@ from sklearn.exceptions import ConvergenceWarning
 import skhds
 from skhds import HierarchicalODEVAE
 from skhds.datasets import fetch_double_receiver
-from skhds.models import DoubleReceiver, DoubleReceiverBlackBox
+from skhds.distributions import LogNormal
+from skhds.models import DoubleReceiver, DoubleReceiverBlackBox, Gaussian
 from skhds.preprocessing import SignalScaler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_WELLS, N_FOLDS = 312, 4
 MODELS = {"white": DoubleReceiver, "black": DoubleReceiverBlackBox}
+# both models' default: Gaussian noise per signal, precision ~ LogNormal(8, 2), i.e. sd ~ LogNormal(-4, 1)
+NOISE_PRIOR = LogNormal(-4.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -128,6 +131,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr-schedule", default="",
                     help="learning_rate_schedule as EPOCHS:RATE,... e.g. 250:0.002,1000:0.0002 "
                          "(the reference implementation's); empty: constant")
+    ap.add_argument("--noise-level", choices=["population", "individual"], default="population",
+                    help="Gaussian noise sd per signal shared by all wells (the issue's model) or "
+                         "one per well and signal with a learned population distribution")
     ap.add_argument("--compile-solver", action="store_true",
                     help="compile_solver=True (compiled solver steps; compile time is training time)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the estimators")
@@ -151,7 +157,8 @@ def settings(args):
     """The settings that define a run, as a dict (also stored in every CSV row)."""
     keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
             "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
-            "time_budget", "training_refinement", "lr_schedule", "eval_refine", "compile_solver"]
+            "time_budget", "training_refinement", "lr_schedule", "eval_refine", "compile_solver",
+            "noise_level"]
     out = {k: getattr(args, k) for k in keys}
     out["time_budget"] = None if math.isinf(args.time_budget) else args.time_budget  # valid JSON
     return out
@@ -222,7 +229,7 @@ def scale(X, train, scale_on):
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
     return HierarchicalODEVAE(
-        MODELS[model](), batch_size=args.batch_size, n_importance_samples=args.K_train,
+        MODELS[model](noise=Gaussian(NOISE_PRIOR, level=args.noise_level)), batch_size=args.batch_size, n_importance_samples=args.K_train,
         n_eval_samples=args.K_eval, learning_rate=args.learning_rate,
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,
         random_effects=args.random_effects, covariance_type=args.covariance_type,

@@ -184,6 +184,18 @@ class HierarchicalVAE(torch.nn.Module):
         self.solver = solver
         self.factor_index = dict(factor_index)
         self.noise_bases = list(model.noise.declare())
+        # Individual dimensions that are noise parameters (per-series noise), the others,
+        # and the order that puts [other dimensions, noise dimensions] back in place; as
+        # buffers, so that indexing copies nothing from the host (CUDA graphs).
+        names = {f"{b}_{o}" for b in self.noise_bases for o in model.observable_names}
+        n_ind = len(hierarchy.individual)
+        noise_dims = [j for j, s in enumerate(hierarchy.individual) if s.name in names]
+        mean_dims = [j for j in range(n_ind) if j not in noise_dims]
+        self.n_noise_dims = len(noise_dims)
+        stacked = mean_dims + noise_dims
+        for name, idx in (("_mean_dims", mean_dims), ("_noise_dims", noise_dims),
+                          ("_dim_order", sorted(range(n_ind), key=stacked.__getitem__))):
+            self.register_buffer(name, torch.tensor(idx, dtype=torch.long), persistent=False)
         self._checked = False
         # The proposal of a series may follow every global latent except the group
         # hyperparameters (location and spread of a group parameter's levels):
@@ -456,7 +468,9 @@ class HierarchicalVAE(torch.nn.Module):
         ``start`` towards the mode of ``log p(y_i | z_i, g) + log p(z_i | g)``
         by Levenberg-Marquardt steps on the residuals weighted by the noise
         model's variance at the current fit (a Gaussian approximation of the
-        noise: it shapes the proposal only, never the bound), with the
+        noise: it shapes the proposal only, never the bound; with per-series
+        noise parameters the variance is part of the fit, by Fisher scoring of
+        the Gaussian likelihood in both mean and variance), with the
         Jacobian of the observable means by central differences. All
         ``2 n + 1`` perturbed solves of all series run as one batched solve,
         so an iteration costs about one forward solve; there is no autograd
@@ -490,7 +504,18 @@ class HierarchicalVAE(torch.nn.Module):
         mu, omega = self.hierarchy.individual_prior(g)
         mu, prior_prec = mu[0], omega[0] ** -2  # (n,)
         h = 1e-3 * self.hierarchy._constant("ind_scale", start)  # a thousandth of a prior sd
-        offsets = torch.cat([torch.zeros_like(h).unsqueeze(0), torch.diag(h), -torch.diag(h)])
+        # Per-series noise parameters move the variance, not the means: their
+        # perturbations need no solve.
+        n_n = self.n_noise_dims
+        n_m = n - n_n
+        if n_n:
+            h_m, h_n = h[self._mean_dims], h[self._noise_dims]
+            eye = torch.eye(n, dtype=start.dtype, device=start.device)
+            step_m, step_n = eye[self._mean_dims] * h_m[:, None], eye[self._noise_dims] * h_n[:, None]
+            offsets_n = torch.cat([step_n, -step_n])  # (2 n_noise, n)
+        else:
+            h_m, step_m = h, torch.diag(h)
+        offsets = torch.cat([torch.zeros_like(h).unsqueeze(0), step_m, -step_m])  # (2 n_m + 1, n)
         y, mask = batch["y"], batch["mask"]
         prior_diag = torch.diag_embed(prior_prec.expand(S, n))
         z = best = start
@@ -498,25 +523,47 @@ class HierarchicalVAE(torch.nn.Module):
         best_prec, best_grad = prior_diag, torch.zeros_like(start)
         lam = torch.full((S, 1, 1), damping, dtype=start.dtype, device=start.device)
         for it in range(n_iter + 1):
-            zz = z.unsqueeze(1) + offsets  # (S, 2n + 1, n): the point and its perturbations
+            zz = z.unsqueeze(1) + offsets  # (S, 2 n_m + 1, n): the point and its perturbations
             params = self.hierarchy.params(g, zz, batch["codes"], self.factor_index, None,
                                            all_seen=batch.get("all_seen"))
-            means = self.simulate(params, batch, 2 * n + 1)  # (S, 2n + 1, n_obs, T)
+            means = self.simulate(params, batch, 2 * n_m + 1)  # (S, 2 n_m + 1, n_obs, T)
             noise = {k: v[:, :1] for k, v in self.noise_params(params).items()}
             m0 = means[:, :1]
             var = self.model.noise.variance(m0, noise)[:, 0]
             m0 = m0[:, 0]
             w = torch.where(mask, 1.0 / var, torch.zeros_like(var))
             r = torch.where(mask, y - m0, torch.zeros_like(m0))
-            jac = (means[:, 1 : n + 1] - means[:, n + 1 :]) / (2.0 * h[None, :, None, None])
+            jac = (means[:, 1 : n_m + 1] - means[:, n_m + 1 :]) / (2.0 * h_m[None, :, None, None])
             finite = (torch.isfinite(r) & torch.isfinite(w)).flatten(1).all(-1)
             finite = finite & torch.isfinite(jac).flatten(1).all(-1)
             r, w, jac = torch.nan_to_num(r), torch.nan_to_num(w), torch.nan_to_num(jac)
+            if n_n:  # no dependence of the means on the noise dimensions
+                jac = torch.cat([jac, torch.zeros_like(jac[:, :1]).expand(-1, n_n, -1, -1)], 1)[:, self._dim_order]
             dz = z - mu
             obj = 0.5 * (w * r * r).sum((-2, -1)) + 0.5 * (prior_prec * dz * dz).sum(-1)
-            obj = torch.where(finite, obj, torch.full_like(obj, math.inf))
             prec = torch.einsum("sjot,skot,sot->sjk", jac, jac, w) + prior_diag
             grad = torch.einsum("sjot,sot,sot->sj", jac, w, r) - prior_prec * dz
+            if n_n:
+                # The Gaussian negative log-likelihood in the variance too: + 0.5 log var,
+                # gradient 0.5 dlogvar (r^2 / var - 1), Fisher information 0.5 dlogvar^2
+                # (dlogvar: the derivatives of log var in every dimension, the mean ones
+                # through the means, the noise ones through the noise parameters).
+                dlv_m = (torch.log(self.model.noise.variance(means[:, 1:], noise))
+                         - torch.log(var).unsqueeze(1))  # (S, 2 n_m, n_obs, T)
+                params_n = self.hierarchy.params(g, z.unsqueeze(1) + offsets_n, batch["codes"],
+                                                 self.factor_index, None, all_seen=batch.get("all_seen"))
+                noise_n = self.noise_params(params_n)
+                log_var_n = torch.log(self.model.noise.variance(m0.unsqueeze(1).expand(-1, 2 * n_n, -1, -1),
+                                                                noise_n))
+                jlv = torch.cat([(dlv_m[:, :n_m] - dlv_m[:, n_m:]) / (2.0 * h_m[None, :, None, None]),
+                                 (log_var_n[:, :n_n] - log_var_n[:, n_n:]) / (2.0 * h_n[None, :, None, None])],
+                                1)[:, self._dim_order]  # (S, n, n_obs, T), dimensions in order
+                finite = finite & torch.isfinite(jlv).flatten(1).all(-1)
+                jlv = torch.where(mask.unsqueeze(1), torch.nan_to_num(jlv), torch.zeros_like(jlv))
+                obj = obj + 0.5 * torch.where(mask, torch.log(var), torch.zeros_like(var)).sum((-2, -1))
+                prec = prec + 0.5 * torch.einsum("sjot,skot->sjk", jlv, jlv)
+                grad = grad + 0.5 * torch.einsum("sjot,sot->sj", jlv, w * r * r - mask.to(r.dtype))
+            obj = torch.where(finite, obj, torch.full_like(obj, math.inf))
             improved = obj < best_obj
             best = torch.where(improved[:, None], z, best)
             best_prec = torch.where(improved[:, None, None], prec, best_prec)
@@ -527,8 +574,15 @@ class HierarchicalVAE(torch.nn.Module):
             # Levenberg-Marquardt: less damping after a success, more after a failure
             lam = torch.where(improved[:, None, None], lam * 0.3, lam * 10.0)
             lm = best_prec + lam * torch.diag_embed(torch.diagonal(best_prec, dim1=-2, dim2=-1))
-            step = _spd_solve(lm.double(), best_grad.double())
-            z = best + torch.nan_to_num(step).to(start.dtype)
+            step = torch.nan_to_num(_spd_solve(lm.double(), best_grad.double())).to(start.dtype)
+            if n_n:
+                # Fisher scoring on the log scale overshoots a too small noise level by
+                # exp(2 delta) (the step is (mean r^2 / var - 1) / 2 in log sd); taken on
+                # the variance scale it lands on the residual variance in one step:
+                # log sd moves by log(1 + 2 delta) / 2 (exact for a scale parameter).
+                d = step[:, self._noise_dims]
+                step = step.index_copy(1, self._noise_dims, 0.5 * torch.log1p((2.0 * d).clamp(min=-1.0 + 1e-6)))
+            z = best + step
         tril = inflation * _inverse_tril(best_prec.double())
         ok = torch.isfinite(best_obj) & torch.isfinite(tril).flatten(1).all(-1)
         return best, torch.nan_to_num(tril).to(start.dtype), ok

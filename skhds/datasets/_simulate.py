@@ -124,6 +124,10 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
                         {k: v.unsqueeze(-1) for k, v in ins.items()}).transpose(-1, -2)
         nparams = {}
         for base, prior in model.noise.declare().items():
+            if model.noise.level == "individual":  # drawn per series above, with the other parameters
+                nparams[base] = torch.stack([values[f"{base}_{o}"][:, 0] for o in model.observable_names],
+                                            -1).reshape(n_series, 1, -1, 1)
+                continue
             vals = []
             for o in model.observable_names:
                 name = f"{base}_{o}"

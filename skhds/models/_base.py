@@ -260,8 +260,9 @@ class ODEModel(torch.nn.Module):
     def parameter_specs(self):
         """Declared parameters plus the noise model's, as a list of :class:`Parameter`.
 
-        Noise parameters are population-level, one per observable, named
-        ``"{base}_{observable}"`` (for example ``"sigma_OD"``).
+        Noise parameters are one per observable, named
+        ``"{base}_{observable}"`` (for example ``"sigma_OD"``), at the
+        noise model's ``level`` (population by default, or individual).
 
         Returns
         -------
@@ -271,7 +272,7 @@ class ODEModel(torch.nn.Module):
         specs = list(self.declare_parameters())
         for base, prior in self.noise.declare().items():
             for obs in self.observable_names:
-                specs.append(Parameter(f"{base}_{obs}", prior, level="population"))
+                specs.append(Parameter(f"{base}_{obs}", prior, level=self.noise.level))
         return specs
 
     # ----------------------------------------------- scikit-learn protocol

@@ -1,10 +1,18 @@
 """Observation noise models: ``y ~ Noise(mean, noise parameters)``.
 
-A noise model declares its parameters (population level, one per observable)
-and evaluates element-wise log densities; masked (unobserved) entries are
-excluded by the caller. Parameters arrive as tensors shaped
-``(S|1, K|1, n_observables, 1)`` so they broadcast against means shaped
-``(S, K, n_observables, n_times)``.
+A noise model declares its parameters (one per observable) and evaluates
+element-wise log densities; masked (unobserved) entries are excluded by the
+caller. Parameters arrive as tensors shaped ``(S|1, K|1, n_observables, 1)``
+so they broadcast against means shaped ``(S, K, n_observables, n_times)``.
+
+Each noise model takes a ``level``: ``"population"`` (default), one value of
+each noise parameter shared by all series; or ``"individual"``, one value
+per series, with a learned population distribution like any individual
+parameter (the encoder proposes it from the series, the hierarchy learns its
+location and spread). Per-series noise suits data whose series differ in
+quality: plate-reader wells at very different signal levels, patients
+sampled by different assays. The declared prior is then the distribution of
+the per-series values.
 """
 
 import math
@@ -19,6 +27,13 @@ from ..distributions import normal_log_prob as _normal_log_prob
 __all__ = ["NoiseModel", "Gaussian", "Proportional", "Combined", "Laplace", "StudentT"]
 
 _FLOOR = 1e-8  # keeps scales strictly positive where the mean is exactly zero
+NOISE_LEVELS = ("population", "individual")
+
+
+def _check_level(model, level):
+    if level not in NOISE_LEVELS:
+        raise ValueError(f"{model}: level must be one of {NOISE_LEVELS}, got {level!r}.")
+    return level
 
 
 class NoiseModel:
@@ -26,6 +41,10 @@ class NoiseModel:
 
     #: mapping from base parameter name to its default prior
     param_priors = {}
+    #: "population" (one value per observable) or "individual" (one per series
+    #: and observable); a class default, so that noise models pickled before
+    #: the option existed load as population-level
+    level = "population"
 
     def declare(self):
         """Mapping base name -> prior of the noise parameters (one per observable).
@@ -125,11 +144,14 @@ class NoiseModel:
         raise NotImplementedError
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        shown = {k: v for k, v in vars(self).items() if not (k == "level" and v == "population")}
+        args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other):
-        return type(self) is type(other) and vars(self) == vars(other)
+        # level may be the class default (an object pickled before the option existed)
+        return type(self) is type(other) and {**vars(self), "level": self.level} == {
+            **vars(other), "level": other.level}
 
 
 class Gaussian(NoiseModel):
@@ -139,10 +161,15 @@ class Gaussian(NoiseModel):
     ----------
     sigma_prior : Prior, default=LogNormal(log(0.1), 1.5)
         Prior of the noise standard deviation of each observable.
+    level : {"population", "individual"}, default="population"
+        One standard deviation per observable shared by all series, or one
+        per series and observable with a learned population distribution
+        (``sigma_prior`` is then its declared distribution across series).
     """
 
-    def __init__(self, sigma_prior=None):
+    def __init__(self, sigma_prior=None, level="population"):
         self.sigma_prior = sigma_prior if sigma_prior is not None else LogNormal(math.log(0.1), 1.5)
+        self.level = _check_level(type(self).__name__, level)
 
     def declare(self):
         """Mapping ``{"sigma": prior}``.
@@ -256,10 +283,13 @@ class Proportional(Gaussian):
     ----------
     b_prior : Prior, default=LogNormal(log(0.1), 1.0)
         Prior of the relative error ``b`` (coefficient of variation).
+    level : {"population", "individual"}, default="population"
+        Shared by all series, or one value per series (see the module notes).
     """
 
-    def __init__(self, b_prior=None):
+    def __init__(self, b_prior=None, level="population"):
         self.b_prior = b_prior if b_prior is not None else LogNormal(math.log(0.1), 1.0)
+        self.level = _check_level(type(self).__name__, level)
 
     def declare(self):
         """Mapping ``{"b": prior}``.
@@ -343,10 +373,12 @@ class Combined(Proportional):
         Prior of the additive part ``a``.
     b_prior : Prior, default=LogNormal(log(0.1), 1.0)
         Prior of the proportional part ``b``.
+    level : {"population", "individual"}, default="population"
+        Shared by all series, or one value of each per series (see the module notes).
     """
 
-    def __init__(self, a_prior=None, b_prior=None):
-        super().__init__(b_prior)
+    def __init__(self, a_prior=None, b_prior=None, level="population"):
+        super().__init__(b_prior, level=level)
         self.a_prior = a_prior if a_prior is not None else LogNormal(math.log(0.05), 1.5)
 
     def declare(self):
@@ -370,10 +402,13 @@ class Laplace(Gaussian):
     ----------
     scale_prior : Prior, default=LogNormal(log(0.1), 1.5)
         Prior of the Laplace scale of each observable.
+    level : {"population", "individual"}, default="population"
+        Shared by all series, or one value per series (see the module notes).
     """
 
-    def __init__(self, scale_prior=None):
+    def __init__(self, scale_prior=None, level="population"):
         self.scale_prior = scale_prior if scale_prior is not None else LogNormal(math.log(0.1), 1.5)
+        self.level = _check_level(type(self).__name__, level)
 
     def declare(self):
         """Mapping ``{"scale": prior}``.
@@ -456,10 +491,12 @@ class StudentT(Gaussian):
         Degrees of freedom (a fixed hyperparameter, ``> 0``).
     sigma_prior : Prior, default=LogNormal(log(0.1), 1.5)
         Prior of the scale of each observable.
+    level : {"population", "individual"}, default="population"
+        Shared by all series, or one value per series (see the module notes).
     """
 
-    def __init__(self, df=4.0, sigma_prior=None):
-        super().__init__(sigma_prior)
+    def __init__(self, df=4.0, sigma_prior=None, level="population"):
+        super().__init__(sigma_prior, level=level)
         if isinstance(df, bool) or not isinstance(df, (numbers.Real, np.floating, np.integer)):
             raise TypeError(f"StudentT: df must be a positive number, got {df!r}.")
         if not (df > 0 and math.isfinite(df)):

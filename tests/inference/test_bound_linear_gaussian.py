@@ -262,3 +262,53 @@ def test_refined_training_bound_is_valid_and_near_exact(setup):
     grads = [p.grad for p in vae.encoder.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+class ConstantStateOwnNoise(ConstantState):
+    """:class:`ConstantState` with a noise sd per series, ``log sigma_i ~ N(log SIGMA, 0.5)``."""
+
+    noise = Gaussian(sigma_prior=LogNormal(math.log(SIGMA), 0.5), level="individual")
+
+
+@pytest.mark.parametrize("start_sigma", [SIGMA, 0.01])
+def test_gauss_newton_fits_per_series_noise(start_sigma):
+    # with a noise sd per series, the Laplace point is the joint mode of the series'
+    # posterior in (theta, log sigma): Fisher scoring in the variance as well as the mean
+    # (a fit weighted by a fixed variance cannot move log sigma off its start); from a
+    # noise level 10-200 times too small (an untrained encoder), steps on the variance
+    # scale get there in the same few iterations
+    rng = np.random.default_rng(1)
+    S, T_long = 5, 20
+    sig = np.array([0.1, 0.3, 0.5, 1.0, 2.0])
+    y = (M + SD * rng.standard_normal(S))[:, None, None] + sig[:, None, None] * rng.standard_normal((S, 1, T_long))
+    times, inputs = np.arange(T_long, dtype=float), np.zeros((S, 0))
+    data = SeriesData(y, times, None, inputs, np.zeros((S, 0), dtype=np.int64), 0.0)
+    scaling = EncoderScaling(y, times, inputs)
+    model = ConstantStateOwnNoise()
+    specs = check_model(model)
+    assert [s.level for s in specs] == ["individual", "individual"]
+    hier = Hierarchy(specs, {}, random_effects="fixed")
+    assert hier.n_global == 0 and hier.n_individual == 2
+    encoder = SeriesEncoder(1, 0, [], 2, torch.as_tensor(hier.ind_loc, dtype=DT),
+                            torch.as_tensor(hier.ind_scale, dtype=DT), n_hidden=8)
+    q = MeanFieldGaussian(torch.zeros(0, dtype=DT), torch.ones(0, dtype=DT))
+    vae = HierarchicalVAE(model, hier, encoder, q, "heun", {}).to(dtype=DT)
+    batch = data.batch(np.arange(S), scaling, None, "cpu", DT)
+    g = torch.zeros((1, 0), dtype=DT)
+    start = torch.tensor([[M, math.log(start_sigma)]] * S, dtype=DT)
+    mode, tril, ok = vae.gauss_newton_local(batch, g, start, n_iter=8, inflation=1.0)
+    assert ok.all()
+
+    def neg_log_post(v, row):
+        theta, log_s = v
+        return -(stats.norm.logpdf(row, theta, math.exp(log_s)).sum() + stats.norm.logpdf(theta, M, SD)
+                 + stats.norm.logpdf(log_s, math.log(SIGMA), 0.5))
+
+    from scipy.optimize import minimize
+    for i in range(S):
+        best = minimize(neg_log_post, [M, math.log(SIGMA)], args=(y[i, 0],), method="Nelder-Mead",
+                        options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000}).x
+        np.testing.assert_allclose(mode[i].numpy(), best, atol=2e-3)
+    # the spread of log sigma is the inverse Fisher information: about 1 / sqrt(2 T) plus the prior
+    sd_log_sigma = (tril[:, 1] ** 2).sum(-1).sqrt().numpy()
+    np.testing.assert_allclose(sd_log_sigma, (2 * T_long + 1 / 0.5**2) ** -0.5, rtol=0.05)

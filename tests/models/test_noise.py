@@ -342,3 +342,42 @@ def test_base_class_is_abstract():
         base.variance(x, {})
     with pytest.raises(NotImplementedError):
         base.sample(x, {})
+
+
+# ---------------------------------------------------------------------------
+# noise parameters per series (level="individual")
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_log_prob_sum_with_parameters_per_series(name):
+    # per-series noise parameters arrive as (S, K, n_obs, 1): each series and sample is
+    # scored with its own values
+    factory, names, ref = MODELS[name]
+    model = factory()
+    rng = np.random.default_rng(7)
+    params = {n: torch.tensor(rng.uniform(0.05, 1.5, size=(S, K, N_OBS, 1)), dtype=F64) for n in names}
+    mean, y = _mean_and_y(4)
+    y1 = y[:, :1]
+    mask = np.ones(y1.shape, dtype=bool)
+    out = model.log_prob_sum(torch.tensor(y1, dtype=F64), torch.tensor(mean, dtype=F64), params,
+                             torch.tensor(mask))
+    expected = ref(mean, _np(params)).logpdf(y1).sum((-2, -1))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [Gaussian, Proportional, Combined, Laplace, StudentT])
+def test_level(factory):
+    assert factory().level == "population"
+    noise = factory(level="individual")
+    assert noise.level == "individual"
+    assert noise != factory() and noise == factory(level="individual")
+    assert "level='individual'" in repr(noise) and "level" not in repr(factory())
+    with pytest.raises(ValueError, match="level must be one of"):
+        factory(level="group")
+
+
+def test_noise_pickled_before_the_level_option_is_population_level():
+    old = Gaussian()
+    del old.__dict__["level"]  # what unpickling an object saved by an earlier version gives
+    assert old.level == "population" and old == Gaussian() and Gaussian() == old

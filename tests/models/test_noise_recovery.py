@@ -24,6 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skhds import HierarchicalODEVAE
 from skhds.datasets import simulate
+from skhds.distributions import LogNormal
 from skhds.models import Combined, Gaussian, Laplace, LogisticGrowth, Proportional, StudentT
 
 N_TRAIN, N_TEST, N_TIMES = 48, 24, 20
@@ -228,3 +229,60 @@ def test_student_t_beats_gaussian_on_heavy_tailed_data_with_outliers(fits):
     assert hit.sum() >= 5 and err_right < err_wrong, (hit.sum(), err_right, err_wrong)
     # (The population mean growth rate is not compared: which fit is less biased
     # depends on the seed, 0.002-0.039 for StudentT and 0.002-0.095 for Gaussian.)
+
+
+# ------------------------------------------------------------ a noise level per series
+PER_SERIES_PRIOR = LogNormal(np.log(0.05), 0.6)  # between-series spread: 0.015-0.17 (95 %)
+
+
+def _per_series_noise(level="individual"):
+    return Gaussian(PER_SERIES_PRIOR, level=level)
+
+
+@pytest.fixture(scope="module")
+def per_series():
+    """Data with a noise sd per series, and fits of it with and without per-series noise."""
+    data = simulate(_model(_per_series_noise()), times=TIMES, groups=GROUPS, random_state=5)
+    fits = {level: _fit(data, _per_series_noise(level), "gaussian") for level in ("individual", "population")}
+    refined = HierarchicalODEVAE(_model(_per_series_noise()), **{**FIT, "training_refinement": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        refined.fit(data.X[TRAIN], groups=data.groups[TRAIN], times=TIMES)
+    fits["refined"] = refined
+    return data, fits
+
+
+def test_simulate_draws_a_noise_level_per_series(per_series):
+    data, _ = per_series
+    sigma = data.params["sigma_x"]
+    assert sigma.shape == (N_TRAIN + N_TEST,) and np.unique(sigma).size == sigma.size
+    resid_sd = (data.X - data.clean)[:, 0].std(-1)
+    # 20 residuals per series: the log of their sd is within about 0.16 of the truth
+    assert np.corrcoef(np.log(resid_sd), np.log(sigma))[0, 1] > 0.9
+    assert abs(np.median(np.log(resid_sd / sigma))) < 0.15
+
+
+@pytest.mark.parametrize("fit", ["individual", "refined"])
+def test_recovers_the_noise_level_of_each_series(per_series, fit):
+    # amortised (the encoder reads each series' noise level from its data) and with
+    # semi-amortised training (Gauss-Newton steps in the variance): the posterior means
+    # follow the true levels (a model with one shared level would give no correlation);
+    # the learned population location and spread are those of the simulation prior
+    data, fits = per_series
+    est = fits[fit]
+    post = est.sample_posterior(data.X[TRAIN], groups=data.groups[TRAIN], times=TIMES, n_draws=200,
+                                method="importance", random_state=0)
+    log_sigma = np.log(post["sigma_x"]).mean(0)
+    truth = np.log(data.params["sigma_x"][TRAIN])
+    assert np.corrcoef(log_sigma, truth)[0, 1] > 0.85
+    assert abs(np.mean(log_sigma - truth)) < 0.15
+    summary = est.summary_.set_index("parameter")  # location and spread on the log scale
+    assert abs(summary.loc["mu_sigma_x", "mean"] - PER_SERIES_PRIOR.loc) < 0.25
+    assert 0.35 < summary.loc["omega_sigma_x", "mean"] < 0.9
+
+
+def test_per_series_noise_beats_one_noise_level_held_out(per_series):
+    data, fits = per_series
+    with_levels = _held_out_score(data, fits["individual"])
+    shared = _held_out_score(data, fits["population"])
+    assert with_levels > shared + 2.0, (with_levels, shared)
