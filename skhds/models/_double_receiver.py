@@ -63,8 +63,8 @@ class DoubleReceiver(ODEModel):
         Default: Gaussian per signal with precision prior ``LogNormal(8, 2)``,
         one noise level per signal for all wells (the study's model).
         ``Gaussian(LogNormal(-4, 1), level="individual")`` gives each well its
-        own levels, with a learned distribution across wells: on the study's
-        held-out wells about 360 nats/well better (benchmarks/README.md).
+        own levels, with a learned distribution across wells: 260-360 nats/well
+        better on the study's held-out wells (benchmarks/README.md).
 
     Examples
     --------
