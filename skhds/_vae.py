@@ -472,7 +472,8 @@ class HierarchicalVAE(torch.nn.Module):
         noise parameters the variance is part of the fit, by Fisher scoring of
         the Gaussian likelihood in both mean and variance), with the
         Jacobian of the observable means by central differences. All
-        ``2 n + 1`` perturbed solves of all series run as one batched solve,
+        ``2 n + 1`` perturbed solves of all series run as one batched solve
+        (per-series noise parameters need no solve: they move the variance only),
         so an iteration costs about one forward solve; there is no autograd
         and no host synchronisation (the pass stays capturable in a CUDA
         graph). Each series keeps the best point of its iterations; a step
