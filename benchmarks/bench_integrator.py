@@ -20,6 +20,11 @@ it (receptor activation recomputed at every stage); it is the baseline of
 torchdiffeq and torchode are benchmark-only dependencies
 (``pip install -e ".[benchmark]"``); a library that is not installed is skipped.
 
+With ``--compile``, ``skhds_compiled`` is skhds with the compiled step
+(``odeint(..., compile=True)``, the solver behind ``compile_solver=True``); its
+compilation happens in the first calls, which are timed apart (``first_calls_s``)
+and not in the medians.
+
 Usage::
 
     python benchmarks/bench_integrator.py --batch 100 1000 7200 100000 --threads 1
@@ -28,6 +33,7 @@ Usage::
 import argparse
 import json
 import platform
+import time
 
 import torch
 
@@ -94,6 +100,16 @@ def solve_skhds(p, u, times):
     return odeint(func, x0, times, method="heun")[:, 0]  # (B, n, T)
 
 
+def solve_skhds_compiled(p, u, times):
+    """As :func:`solve_skhds`, with the compiled step (``odeint(..., compile=True)``)."""
+    x0 = x0_for(len(p["r"])).unsqueeze(1)
+
+    def func(t, x):
+        return rhs(t.reshape(1), x[:, 0], p, u).unsqueeze(1)
+
+    return odeint(func, x0, times, method="heun", compile=True)[:, 0]
+
+
 def solve_torchdiffeq(p, u, times):
     import torchdiffeq
 
@@ -128,10 +144,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="CSV path for the table")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time skhds with the compiled step (odeint(compile=True)); the "
+                         "first calls, which compile, are timed separately (compile_s)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     times = torch.linspace(0.0, 17.0, 86)
     solvers = {"skhds": solve_skhds}
+    if args.compile:
+        solvers["skhds_compiled"] = solve_skhds_compiled
     if available("torchdiffeq"):
         solvers["torchdiffeq"] = solve_torchdiffeq
     if available("torchode"):
@@ -145,8 +166,10 @@ def main():
         p, u = make_params(B)
         reference = None
         for name, solve in solvers.items():
+            start = time.perf_counter()
             with torch.no_grad():
                 traj = solve(p, u, times)
+            compile_s = time.perf_counter() - start  # first call: includes any compilation
             if reference is None:
                 reference = traj
             err = float((traj - reference).abs().max() / reference.abs().max())
@@ -159,9 +182,12 @@ def main():
                 pg = {k: v.detach().requires_grad_(True) for k, v in p.items()}
                 solve(pg, u, times).square().sum().backward()
 
+            start = time.perf_counter()
+            fwd_bwd()  # first call with autograd (compiles once more for the compiled step)
+            compile_s += time.perf_counter() - start
             t_fb = timed(fwd_bwd, args.repeats)
             row = {"library": name, "batch": B, "forward_s": t_fwd, "forward_backward_s": t_fb,
-                   "max_rel_diff": err}
+                   "max_rel_diff": err, "first_calls_s": compile_s}
             rows.append(row)
             print(json.dumps(row), flush=True)
     import pandas as pd
