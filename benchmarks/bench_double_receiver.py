@@ -229,7 +229,8 @@ def scale(X, train, scale_on):
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
     return HierarchicalODEVAE(
-        MODELS[model](noise=Gaussian(NOISE_PRIOR, level=args.noise_level)), batch_size=args.batch_size, n_importance_samples=args.K_train,
+        MODELS[model](noise=Gaussian(NOISE_PRIOR, level=args.noise_level)),
+        batch_size=args.batch_size, n_importance_samples=args.K_train,
         n_eval_samples=args.K_eval, learning_rate=args.learning_rate,
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,
         random_effects=args.random_effects, covariance_type=args.covariance_type,

@@ -539,7 +539,8 @@ class HierarchicalVAE(torch.nn.Module):
             finite = finite & torch.isfinite(jac).flatten(1).all(-1)
             r, w, jac = torch.nan_to_num(r), torch.nan_to_num(w), torch.nan_to_num(jac)
             if n_n:  # no dependence of the means on the noise dimensions
-                jac = torch.cat([jac, torch.zeros_like(jac[:, :1]).expand(-1, n_n, -1, -1)], 1)[:, self._dim_order]
+                zeros = torch.zeros_like(jac[:, :1]).expand(-1, n_n, -1, -1)
+                jac = torch.cat([jac, zeros], 1)[:, self._dim_order]
             dz = z - mu
             obj = 0.5 * (w * r * r).sum((-2, -1)) + 0.5 * (prior_prec * dz * dz).sum(-1)
             prec = torch.einsum("sjot,skot,sot->sjk", jac, jac, w) + prior_diag
@@ -556,9 +557,9 @@ class HierarchicalVAE(torch.nn.Module):
                 noise_n = self.noise_params(params_n)
                 log_var_n = torch.log(self.model.noise.variance(m0.unsqueeze(1).expand(-1, 2 * n_n, -1, -1),
                                                                 noise_n))
-                jlv = torch.cat([(dlv_m[:, :n_m] - dlv_m[:, n_m:]) / (2.0 * h_m[None, :, None, None]),
-                                 (log_var_n[:, :n_n] - log_var_n[:, n_n:]) / (2.0 * h_n[None, :, None, None])],
-                                1)[:, self._dim_order]  # (S, n, n_obs, T), dimensions in order
+                jlv_m = (dlv_m[:, :n_m] - dlv_m[:, n_m:]) / (2.0 * h_m[None, :, None, None])
+                jlv_n = (log_var_n[:, :n_n] - log_var_n[:, n_n:]) / (2.0 * h_n[None, :, None, None])
+                jlv = torch.cat([jlv_m, jlv_n], 1)[:, self._dim_order]  # (S, n, n_obs, T), in order
                 finite = finite & torch.isfinite(jlv).flatten(1).all(-1)
                 jlv = torch.where(mask.unsqueeze(1), torch.nan_to_num(jlv), torch.zeros_like(jlv))
                 obj = obj + 0.5 * torch.where(mask, torch.log(var), torch.zeros_like(var)).sum((-2, -1))
@@ -582,7 +583,8 @@ class HierarchicalVAE(torch.nn.Module):
                 # the variance scale it lands on the residual variance in one step:
                 # log sd moves by log(1 + 2 delta) / 2 (exact for a scale parameter).
                 d = step[:, self._noise_dims]
-                step = step.index_copy(1, self._noise_dims, 0.5 * torch.log1p((2.0 * d).clamp(min=-1.0 + 1e-6)))
+                d = 0.5 * torch.log1p((2.0 * d).clamp(min=-1.0 + 1e-6))
+                step = step.index_copy(1, self._noise_dims, d)
             z = best + step
         tril = inflation * _inverse_tril(best_prec.double())
         ok = torch.isfinite(best_obj) & torch.isfinite(tril).flatten(1).all(-1)

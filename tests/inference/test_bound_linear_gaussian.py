@@ -280,7 +280,8 @@ def test_gauss_newton_fits_per_series_noise(start_sigma):
     rng = np.random.default_rng(1)
     S, T_long = 5, 20
     sig = np.array([0.1, 0.3, 0.5, 1.0, 2.0])
-    y = (M + SD * rng.standard_normal(S))[:, None, None] + sig[:, None, None] * rng.standard_normal((S, 1, T_long))
+    theta = M + SD * rng.standard_normal(S)
+    y = theta[:, None, None] + sig[:, None, None] * rng.standard_normal((S, 1, T_long))
     times, inputs = np.arange(T_long, dtype=float), np.zeros((S, 0))
     data = SeriesData(y, times, None, inputs, np.zeros((S, 0), dtype=np.int64), 0.0)
     scaling = EncoderScaling(y, times, inputs)
