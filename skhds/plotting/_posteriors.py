@@ -52,7 +52,8 @@ def plot_posteriors(estimator, parameters=None, n_draws=2000, prior=True):
     parameters : sequence of str, optional
         Quantities to show: parameter names and hyperparameter names as in
         :meth:`HierarchicalODEVAE.sample_posterior`. Default all population
-        and group parameters (noise parameters included).
+        and group parameters (noise parameters included, unless they are
+        per series: then name their ``mu_`` and ``omega_`` hyperparameters).
     n_draws : int, default=2000
         Number of posterior draws.
     prior : bool, default=True
