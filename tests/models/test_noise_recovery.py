@@ -267,7 +267,7 @@ def test_recovers_the_noise_level_of_each_series(per_series, fit):
     # amortised (the encoder reads each series' noise level from its data) and with
     # semi-amortised training (Gauss-Newton steps in the variance): the posterior means
     # follow the true levels (a model with one shared level would give no correlation);
-    # the learned population location and spread are those of the simulation prior
+    # the learned population location and spread are those of the true levels
     data, fits = per_series
     est = fits[fit]
     post = est.sample_posterior(data.X[TRAIN], groups=data.groups[TRAIN], times=TIMES, n_draws=200,
@@ -276,9 +276,11 @@ def test_recovers_the_noise_level_of_each_series(per_series, fit):
     truth = np.log(data.params["sigma_x"][TRAIN])
     assert np.corrcoef(log_sigma, truth)[0, 1] > 0.85
     assert abs(np.mean(log_sigma - truth)) < 0.15
-    summary = est.summary_.set_index("parameter")  # location and spread on the log scale
-    assert abs(summary.loc["mu_sigma_x", "mean"] - PER_SERIES_PRIOR.loc) < 0.25
-    assert 0.35 < summary.loc["omega_sigma_x", "mean"] < 0.9
+    # (log scale; measured: location 0.13 and 0.05 above their mean, spread 0.84 and 0.97
+    # of theirs, without and with refinement)
+    summary = est.summary_.set_index("parameter")
+    assert abs(summary.loc["mu_sigma_x", "mean"] - truth.mean()) < 0.2
+    assert 0.7 < summary.loc["omega_sigma_x", "mean"] / truth.std(ddof=1) < 1.3
 
 
 def test_per_series_noise_beats_one_noise_level_held_out(per_series):
