@@ -31,6 +31,7 @@ Usage::
 """
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -91,23 +92,14 @@ def x0_for(B):
     return x0
 
 
-def solve_skhds(p, u, times):
+def solve_skhds(p, u, times, compile=False):
+    """skhds's solver; ``compile=True``: the compiled step (``odeint(..., compile=True)``)."""
     x0 = x0_for(len(p["r"])).unsqueeze(1)  # (S, K=1, n)
 
     def func(t, x):  # t (1, 1), x (B, 1, n)
         return rhs(t.reshape(1), x[:, 0], p, u).unsqueeze(1)
 
-    return odeint(func, x0, times, method="heun")[:, 0]  # (B, n, T)
-
-
-def solve_skhds_compiled(p, u, times):
-    """As :func:`solve_skhds`, with the compiled step (``odeint(..., compile=True)``)."""
-    x0 = x0_for(len(p["r"])).unsqueeze(1)
-
-    def func(t, x):
-        return rhs(t.reshape(1), x[:, 0], p, u).unsqueeze(1)
-
-    return odeint(func, x0, times, method="heun", compile=True)[:, 0]
+    return odeint(func, x0, times, method="heun", compile=compile)[:, 0]  # (B, n, T)
 
 
 def solve_torchdiffeq(p, u, times):
@@ -152,7 +144,7 @@ def main():
     times = torch.linspace(0.0, 17.0, 86)
     solvers = {"skhds": solve_skhds}
     if args.compile:
-        solvers["skhds_compiled"] = solve_skhds_compiled
+        solvers["skhds_compiled"] = functools.partial(solve_skhds, compile=True)
     if available("torchdiffeq"):
         solvers["torchdiffeq"] = solve_torchdiffeq
     if available("torchode"):
