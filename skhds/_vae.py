@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from .distributions import gaussian_kl, gaussian_log_prob, gaussian_rsample
+from .distributions import gaussian_kl, gaussian_log_prob, gaussian_log_prob_of_draw, gaussian_rsample
 from .inference import effective_sample_size, minibatch_objective, normalized_weights
 from .inference._bound import sanitize_log_weights_lazy
 from .solvers import odeint
@@ -240,8 +240,13 @@ class HierarchicalVAE(torch.nn.Module):
             )
         self._checked = True
 
-    def simulate(self, params, batch, K):
-        """Observable means ``(S, K, n_observables, n_times)`` for parameters ``params``."""
+    def simulate(self, params, batch, K, return_noise_scale=False):
+        """Observable means ``(S, K, n_observables, n_times)`` for parameters ``params``.
+
+        With ``return_noise_scale=True``, returns ``(means, noise_scale)``: the
+        model's factors on the noise scale (:meth:`ODEModel.observe_noise_scale`)
+        in the layout of the means, or None for a model without them.
+        """
         model = self.model
         S = batch["inputs"].shape[0]
         n = len(model.states)
@@ -274,14 +279,25 @@ class HierarchicalVAE(torch.nn.Module):
             traj = traj[..., 1:]
         xt = traj.transpose(-1, -2)  # (S, K, T, n_states)
         p_t = {k: v.unsqueeze(-1) for k, v in params.items()}
-        obs = model.observe(xt, p_t, self._inputs(batch, time_axis=True))
+        inputs_t = self._inputs(batch, time_axis=True)
+        obs = model.observe(xt, p_t, inputs_t)
         n_obs = len(model.observable_names)
         if obs.dim() != 4 or obs.shape[-1] != n_obs:
             raise ValueError(
                 f"Model {type(model).__name__}: observe() returned shape {tuple(obs.shape)}; expected "
                 f"(S, K, n_times, n_observables={n_obs})."
             )
-        return obs.transpose(-1, -2)
+        if not return_noise_scale:
+            return obs.transpose(-1, -2)
+        scale = model.observe_noise_scale(xt, p_t, inputs_t)
+        if scale is not None:
+            if scale.shape != obs.shape:
+                raise ValueError(
+                    f"Model {type(model).__name__}: observe_noise_scale() returned shape "
+                    f"{tuple(scale.shape)}; expected that of observe(), {tuple(obs.shape)}."
+                )
+            scale = scale.transpose(-1, -2)
+        return obs.transpose(-1, -2), scale
 
     def noise_params(self, params):
         """Noise parameters stacked per observable: ``(1|S, Kg, n_obs, 1)`` tensors."""
@@ -291,9 +307,11 @@ class HierarchicalVAE(torch.nn.Module):
             for b in self.noise_bases
         }
 
-    def log_likelihood(self, means, batch, params):
+    def log_likelihood(self, means, batch, params, noise_scale=None):
         """Masked log-likelihood of the observations: ``(S, K)``.
 
+        ``noise_scale``: the model's factors on the noise scale, from
+        :meth:`simulate` (None: constant noise).
         Samples whose simulation is not finite, or whose likelihood overflows,
         get NaN (turned into weight zero by the bound). Their means are replaced
         by the data before the density is evaluated, so their gradients are
@@ -306,11 +324,14 @@ class HierarchicalVAE(torch.nn.Module):
         with torch.no_grad():
             # one number per sample, not finite if any mean is not (0 * inf = NaN; also
             # means whose sum overflows) or the density of an observed entry overflows
-            probe = noise.log_prob_sum(y, means, nparams, mask) + 0.0 * means.sum((-2, -1))
+            probe = noise.scaled_log_prob_sum(y, means, nparams, mask, noise_scale)
+            probe = probe + 0.0 * means.sum((-2, -1))
             bad = ~torch.isfinite(probe)  # (S, K)
         # unconditional (no host synchronisation on a GPU): a no-op where nothing is bad
         means = torch.where(bad[..., None, None], y.expand_as(means), means)
-        ll = noise.log_prob_sum(y, means, nparams, mask)
+        if noise_scale is not None:
+            noise_scale = torch.where(bad[..., None, None], torch.ones_like(noise_scale), noise_scale)
+        ll = noise.scaled_log_prob_sum(y, means, nparams, mask, noise_scale)
         return torch.where(bad, torch.full_like(ll, math.nan), ll)
 
     def encode(self, batch):
@@ -390,10 +411,9 @@ class HierarchicalVAE(torch.nn.Module):
             delta = self._coupling_delta(g)
             loc = loc.unsqueeze(1) + torch.einsum("snd,kd->skn", coupling, delta)
         z = gaussian_rsample(loc, scale, eps)
-        if detach_q:
-            log_q = gaussian_log_prob(z, loc.detach(), scale.detach())
-        else:
-            log_q = gaussian_log_prob(z, loc, scale)
+        # from eps, not from z: exact in float32 however narrow the proposal (see
+        # gaussian_log_prob_of_draw); with DReG the gradient flows through z alone
+        log_q = gaussian_log_prob_of_draw(eps, scale, z if detach_q else None)
         L = g_repeats if g_repeats > 1 else K
         mix = defensive > 0 and L > 1
         if mix:
@@ -404,19 +424,20 @@ class HierarchicalVAE(torch.nn.Module):
             from_prior = (torch.arange(K, device=z.device) % L) < m
             mu, omega = self.hierarchy.individual_prior(g)
             z = torch.where(from_prior[None, :, None], mu.unsqueeze(0) + omega.unsqueeze(0) * eps, z)
-            log_q = gaussian_log_prob(z, loc, scale)
+            # the population's draws are not the proposal's: their density by evaluation
+            log_q = torch.where(from_prior[None, :], gaussian_log_prob(z, loc, scale), log_q)
         log_pz = self.hierarchy.individual_log_prior(g, z)
         if mix:
             log_q = torch.logaddexp(log_q + math.log1p(-m / L), log_pz + math.log(m / L))
         params = self.hierarchy.params(g, z, batch["codes"], self.factor_index, generator,
                                        all_seen=batch.get("all_seen"))
-        means = self.simulate(params, batch, K)
-        log_w = self.log_likelihood(means, batch, params) + log_pz - log_q
+        means, noise_scale = self.simulate(params, batch, K, return_noise_scale=True)
+        log_w = self.log_likelihood(means, batch, params, noise_scale) + log_pz - log_q
         if include_global:
             log_w = log_w + (self.log_prior_global(g) - self.q_global.log_prob(g)).unsqueeze(0)
         log_w, n_bad = sanitize_log_weights_lazy(log_w)  # count read by the caller
         return {"log_w": log_w, "n_bad": n_bad, "z": z, "params": params, "means": means, "g": g,
-                "loc": loc, "scale": scale, "coupling": coupling}
+                "loc": loc, "scale": scale, "coupling": coupling, "noise_scale": noise_scale}
 
     def training_loss(self, batch, n_total, K, generator, estimator="iwae", refine=0):
         """Loss for one minibatch with a single shared draw of the global latents.
@@ -527,10 +548,11 @@ class HierarchicalVAE(torch.nn.Module):
             zz = z.unsqueeze(1) + offsets  # (S, 2 n_m + 1, n): the point and its perturbations
             params = self.hierarchy.params(g, zz, batch["codes"], self.factor_index, None,
                                            all_seen=batch.get("all_seen"))
-            means = self.simulate(params, batch, 2 * n_m + 1)  # (S, 2 n_m + 1, n_obs, T)
+            # (S, 2 n_m + 1, n_obs, T); the noise scale factors, if the model has them, alike
+            means, nscale = self.simulate(params, batch, 2 * n_m + 1, return_noise_scale=True)
             noise = {k: v[:, :1] for k, v in self.noise_params(params).items()}
-            m0 = means[:, :1]
-            var = self.model.noise.variance(m0, noise)[:, 0]
+            m0, s0 = means[:, :1], (None if nscale is None else nscale[:, :1])
+            var = self.model.noise.scaled_variance(m0, noise, s0)[:, 0]
             m0 = m0[:, 0]
             w = torch.where(mask, 1.0 / var, torch.zeros_like(var))
             r = torch.where(mask, y - m0, torch.zeros_like(m0))
@@ -550,13 +572,15 @@ class HierarchicalVAE(torch.nn.Module):
                 # gradient 0.5 dlogvar (r^2 / var - 1), Fisher information 0.5 dlogvar^2
                 # (dlogvar: the derivatives of log var in every dimension, the mean ones
                 # through the means, the noise ones through the noise parameters).
-                dlv_m = (torch.log(self.model.noise.variance(means[:, 1:], noise))
+                s_m = None if nscale is None else nscale[:, 1:]
+                dlv_m = (torch.log(self.model.noise.scaled_variance(means[:, 1:], noise, s_m))
                          - torch.log(var).unsqueeze(1))  # (S, 2 n_m, n_obs, T)
                 params_n = self.hierarchy.params(g, z.unsqueeze(1) + offsets_n, batch["codes"],
                                                  self.factor_index, None, all_seen=batch.get("all_seen"))
                 noise_n = self.noise_params(params_n)
-                log_var_n = torch.log(self.model.noise.variance(m0.unsqueeze(1).expand(-1, 2 * n_n, -1, -1),
-                                                                noise_n))
+                s_n = None if s0 is None else s0.expand(-1, 2 * n_n, -1, -1)
+                log_var_n = torch.log(self.model.noise.scaled_variance(
+                    m0.unsqueeze(1).expand(-1, 2 * n_n, -1, -1), noise_n, s_n))
                 jlv_m = (dlv_m[:, :n_m] - dlv_m[:, n_m:]) / (2.0 * h_m[None, :, None, None])
                 jlv_n = (log_var_n[:, :n_n] - log_var_n[:, n_n:]) / (2.0 * h_n[None, :, None, None])
                 jlv = torch.cat([jlv_m, jlv_n], 1)[:, self._dim_order]  # (S, n, n_obs, T), in order
@@ -775,8 +799,9 @@ class HierarchicalVAE(torch.nn.Module):
         """``log p(y_i | z_i, g) + log p(z_i | g)`` for one global draw ``g`` (1, D) and ``z`` (S, n)."""
         zz = z.unsqueeze(1)
         params = self.hierarchy.params(g, zz, batch["codes"], self.factor_index, None)
-        means = self.simulate(params, batch, 1)
-        out = self.log_likelihood(means, batch, params) + self.hierarchy.individual_log_prior(g, zz)
+        means, noise_scale = self.simulate(params, batch, 1, return_noise_scale=True)
+        out = self.log_likelihood(means, batch, params, noise_scale)
+        out = out + self.hierarchy.individual_log_prior(g, zz)
         return out[:, 0]
 
     def laplace_local(self, batch, g_ref, local, K, generator, inflation=1.2, max_iter=50):
@@ -932,8 +957,12 @@ class HierarchicalVAE(torch.nn.Module):
         """
         out = self.evaluate(batch, K, generator, local=local)
         w = normalized_weights(out["log_w"])
-        means = out["means"] if pred_batch is None else self.simulate(out["params"], pred_batch, K)
-        noise_var = self.model.noise.variance(means, self.noise_params(out["params"]))
+        if pred_batch is None:
+            means, noise_scale = out["means"], out["noise_scale"]
+        else:
+            means, noise_scale = self.simulate(out["params"], pred_batch, K, return_noise_scale=True)
+        noise_var = self.model.noise.scaled_variance(means, self.noise_params(out["params"]),
+                                                     noise_scale)
         # Zero-weight samples may hold huge (overflowing) values: leave them out entirely.
         finite = torch.isfinite(means) & torch.isfinite(noise_var) & (w > 0)[:, :, None, None]
         means = torch.where(finite, means, torch.zeros_like(means))

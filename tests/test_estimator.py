@@ -355,7 +355,8 @@ def test_predictive_ignores_zero_weight_samples_that_overflow(fitted, monkeypatc
     dtype = vae.q_global.loc.dtype
     means = torch.tensor([1.0, 1e30, 2.0], dtype=dtype).reshape(1, 3, 1, 1)
     log_w = torch.tensor([[0.0, -math.inf, 0.0]], dtype=dtype)
-    out = {"log_w": log_w, "means": means, "params": {"sigma_x": torch.full((1, 1), 0.1, dtype=dtype)}}
+    out = {"log_w": log_w, "means": means, "params": {"sigma_x": torch.full((1, 1), 0.1, dtype=dtype)},
+           "noise_scale": None}
     monkeypatch.setattr(vae, "evaluate", lambda batch, K, gen, **kw: out)
     mean, var, _ = vae.predictive(None, 3, None)
     assert torch.isfinite(mean).all() and torch.isfinite(var).all()

@@ -131,6 +131,11 @@ class InitialWrongShape(_Base):
         return params["x0"].unsqueeze(-1).expand(-1, -1, 3)  # 3 states for a 1-state model
 
 
+class NoiseScaleWrongShape(_Base):
+    def observe_noise_scale(self, x, params, inputs):
+        return torch.ones_like(x[..., 0])  # (S, K, T): observable axis dropped
+
+
 def _decay_data(n=8, T=6):
     rng = np.random.RandomState(0)
     times = np.linspace(0.0, 5.0, T)
@@ -555,6 +560,13 @@ def test_initial_state_wrong_shape():
     X, times = _decay_data()
     with pytest.raises(ValueError, match=r"Model InitialWrongShape: initial_state\(\) returned shape"):
         HierarchicalODEVAE(InitialWrongShape(), max_iter=1).fit(X, times=times)
+
+
+def test_observe_noise_scale_wrong_shape():
+    X, times = _decay_data()
+    with pytest.raises(ValueError, match=r"Model NoiseScaleWrongShape: observe_noise_scale\(\) returned "
+                                         r"shape \(8, 32, 6\); expected that of observe\(\), \(8, 32, 6, 1\)"):
+        HierarchicalODEVAE(NoiseScaleWrongShape(), max_iter=1, batch_size=8).fit(X, times=times)
 
 
 def test_model_with_string_states():

@@ -120,8 +120,12 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
                       method=solver, n_substeps=substeps_for_grid(solve_t, dt))
         if prepend:
             traj = traj[..., 1:]
-        obs = m.observe(traj.transpose(-1, -2), {k: v.unsqueeze(-1) for k, v in full.items()},
-                        {k: v.unsqueeze(-1) for k, v in ins.items()}).transpose(-1, -2)
+        xt, p_t = traj.transpose(-1, -2), {k: v.unsqueeze(-1) for k, v in full.items()}
+        ins_t = {k: v.unsqueeze(-1) for k, v in ins.items()}
+        obs = m.observe(xt, p_t, ins_t).transpose(-1, -2)
+        noise_scale = m.observe_noise_scale(xt, p_t, ins_t)
+        if noise_scale is not None:
+            noise_scale = noise_scale.transpose(-1, -2)
         nparams = {}
         for base, prior in model.noise.declare().items():
             if model.noise.level == "individual":  # drawn per series above, with the other parameters
@@ -135,7 +139,7 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
                 truth[name] = v
                 vals.append(v)
             nparams[base] = torch.tensor(vals, dtype=dtype).reshape(1, 1, -1, 1)
-        y = model.noise.sample(obs, nparams, generator=_torch_gen(rng))
+        y = model.noise.scaled_sample(obs, nparams, noise_scale, generator=_torch_gen(rng))
     X, clean = y[:, 0].numpy(), obs[:, 0].numpy()
     if not np.isfinite(X).all():
         raise RuntimeError("Simulation produced non-finite values; check the model and priors.")

@@ -5,7 +5,8 @@ see :class:`Prior`.
 """
 
 from ._bijectors import Exp, Identity, Sigmoid
-from ._normal import gaussian_kl, gaussian_log_prob, gaussian_rsample, normal_kl, normal_log_prob
+from ._normal import (gaussian_kl, gaussian_log_prob, gaussian_log_prob_of_draw, gaussian_rsample,
+                      normal_kl, normal_log_prob)
 from ._priors import LogitNormal, LogNormal, Normal, Prior
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "normal_kl",
     "gaussian_rsample",
     "gaussian_log_prob",
+    "gaussian_log_prob_of_draw",
     "gaussian_kl",
 ]

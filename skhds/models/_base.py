@@ -66,6 +66,9 @@ class ODEModel(torch.nn.Module):
       parameters/inputs carry a trailing singleton time axis; it returns
       ``(S, K, n_times, n_observables)``. The default selects the states named
       in ``observables``.
+    - optionally ``observe_noise_scale(x, params, inputs)``: positive factors
+      ``(S, K, n_times, n_observables)`` by which the noise model's scale is
+      multiplied at each time (time-varying noise; default: none).
 
     Subclasses with constructor arguments must call ``super().__init__()``
     first and store every argument under its own name, as scikit-learn
@@ -225,6 +228,34 @@ class ODEModel(torch.nn.Module):
         idx = [list(self.states).index(n) for n in names]
         # basic indexing only: a list index would be copied from the host at every call
         return torch.stack([x[..., i] for i in idx], dim=-1)
+
+    def observe_noise_scale(self, x, params, inputs):
+        """Factors that scale the observation noise along the trajectory; None: constant.
+
+        Override to make the noise time-varying: return positive factors of
+        shape ``(S, K, n_times, n_observables)``; the noise model's scale (its
+        standard deviation, or its scale parameter) at each time and
+        observable is multiplied by them. Typical uses are states that model
+        the noise itself (see :class:`~skhds.models.DoubleReceiverBlackBox`,
+        ``noise_states=True``) or a known dependence of the measurement error
+        on the state. The default returns None (the noise model's scale
+        throughout).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Time-major states, of shape ``(S, K, n_times, n_states)``.
+        params : dict of str to torch.Tensor
+            As in :meth:`observe`.
+        inputs : dict of str to torch.Tensor
+            As in :meth:`observe`.
+
+        Returns
+        -------
+        torch.Tensor or None
+            Positive factors of shape ``(S, K, n_times, n_observables)``, or None.
+        """
+        return None
 
     # -------------------------------------------------------------- helpers
     @property

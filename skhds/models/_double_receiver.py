@@ -196,24 +196,46 @@ class DoubleReceiverBlackBox(ODEModel):
         Default: Gaussian with sd prior ``LogNormal(-4, 1)`` per signal, shared
         by all wells; ``level="individual"`` for a noise level per well (see
         :class:`DoubleReceiver`).
+    noise_states : bool, default=False
+        Time-varying noise: four more states ``v`` (one per signal, starting
+        at 1) with their own network, ``dv/dt = sigma(W_va h_v + b) -
+        sigma(W_vd h_v + b) v`` with ``h_v = tanh(W_v [s, v, z, log(1+c), e_R,
+        e_S] + b_v)``, multiply the noise variance of their signal: the noise
+        sd at time ``t`` is the noise model's sd times ``sqrt(v(t))``
+        (:meth:`observe_noise_scale`). ``v`` stays positive (its decay is
+        proportional to it), and it starts at 1, where the noise model's own
+        scale applies. (The paper's code read such a state as the variance
+        itself, or as a precision starting at 1e-5; read as a precision, it
+        caps the likelihood.)
     """
+
+    noise_states = False  # class default: models pickled before the option
 
     observables = _SIGNALS
     inputs = ("C6", "C12")
     factors = ("luxR_rbs", "lasR_rbs")
 
-    def __init__(self, n_latent=5, n_hidden=25, n_latent_species=2, x0=0.002, noise=None):
+    def __init__(self, n_latent=5, n_hidden=25, n_latent_species=2, x0=0.002, noise=None,
+                 noise_states=False):
         super().__init__()
         self.n_latent = n_latent
         self.n_hidden = n_hidden
         self.n_latent_species = n_latent_species
         self.x0 = x0
         self.noise = noise if noise is not None else Gaussian(_NOISE_PRIOR)
+        self.noise_states = bool(noise_states)
         n_states = 4 + n_latent_species
+        n_cond = n_latent + 2 + 2
         self.states = tuple(f"s{i}" for i in range(n_states))
-        self.hidden = nn.Linear(n_states + n_latent + 2 + 2, n_hidden)
+        self.hidden = nn.Linear(n_states + n_cond, n_hidden)
         self.activation = nn.Linear(n_hidden, n_states)
         self.degradation = nn.Linear(n_hidden, n_states)
+        if self.noise_states:
+            n_obs = len(_SIGNALS)
+            self.states += tuple(f"v_{o}" for o in _SIGNALS)
+            self.noise_hidden = nn.Linear(n_states + n_obs + n_cond, n_hidden)
+            self.noise_activation = nn.Linear(n_hidden, n_obs)
+            self.noise_degradation = nn.Linear(n_hidden, n_obs)
 
     def declare_parameters(self):
         """``n_latent`` individual latents and one group latent per RBS factor."""
@@ -226,8 +248,12 @@ class DoubleReceiverBlackBox(ODEModel):
         return params
 
     def initial_state(self, params, inputs):
-        """``s0 = x0``, everything else 0."""
-        return _density_only(params["eR"], len(self.states), self.x0)
+        """``s0 = x0``, the noise states (if any) 1, everything else 0."""
+        n_main = 4 + self.n_latent_species
+        x0 = _density_only(params["eR"], n_main, self.x0)
+        if self.noise_states:
+            x0 = torch.nn.functional.pad(x0, (0, len(_SIGNALS)), value=1.0)
+        return x0
 
     def derived(self, params, inputs):
         """The network's terms that are constant along a trajectory, computed once per solve.
@@ -240,24 +266,50 @@ class DoubleReceiverBlackBox(ODEModel):
         cond = [params[f"z{i}"] for i in range(self.n_latent)]
         cond += [torch.log1p(inputs["C6"]), torch.log1p(inputs["C12"]), params["eR"], params["eS"]]
         cond = self.stack(*cond)  # (S, K, n_cond)
-        n = len(self.states)
+        n = 4 + self.n_latent_species
         w = self.hidden.weight
-        return {
+        out = {
             "nn_hidden_const": nn.functional.linear(cond, w[:, n:], self.hidden.bias),
             "nn_hidden_state": w[:, :n],
             "nn_out_weight": torch.cat([self.activation.weight, self.degradation.weight]),
             "nn_out_bias": torch.cat([self.activation.bias, self.degradation.bias]),
         }
+        if self.noise_states:
+            n_all, wv = len(self.states), self.noise_hidden.weight
+            out.update({
+                "nn_noise_hidden_const": nn.functional.linear(cond, wv[:, n_all:], self.noise_hidden.bias),
+                "nn_noise_hidden_state": wv[:, :n_all],
+                "nn_noise_out_weight": torch.cat([self.noise_activation.weight,
+                                                  self.noise_degradation.weight]),
+                "nn_noise_out_bias": torch.cat([self.noise_activation.bias, self.noise_degradation.bias]),
+            })
+        return out
 
     def rhs(self, t, x, params, inputs):
         """Neural production/degradation dynamics: ``sigmoid(W_a h + b_a) - sigmoid(W_d h + b_d) s``."""
         p = params
-        h = torch.tanh(p["nn_hidden_const"] + nn.functional.linear(x, p["nn_hidden_state"]))
+        s = x[..., : 4 + self.n_latent_species] if self.noise_states else x
+        h = torch.tanh(p["nn_hidden_const"] + nn.functional.linear(s, p["nn_hidden_state"]))
         rates = torch.sigmoid(nn.functional.linear(h, p["nn_out_weight"], p["nn_out_bias"]))
         production, degradation = rates.chunk(2, dim=-1)
-        return torch.addcmul(production, degradation, x, value=-1.0)
+        ds = torch.addcmul(production, degradation, s, value=-1.0)
+        if not self.noise_states:
+            return ds
+        # the noise states: the same form, their own network, which sees every state
+        v = x[..., 4 + self.n_latent_species :]
+        hv = torch.tanh(p["nn_noise_hidden_const"] + nn.functional.linear(x, p["nn_noise_hidden_state"]))
+        rates_v = torch.sigmoid(nn.functional.linear(hv, p["nn_noise_out_weight"], p["nn_noise_out_bias"]))
+        production_v, degradation_v = rates_v.chunk(2, dim=-1)
+        return torch.cat([ds, torch.addcmul(production_v, degradation_v, v, value=-1.0)], -1)
 
     def observe(self, x, params, inputs):
         """``OD = s0`` and the three fluorescence signals ``s0 * s_k``."""
         s0 = x[..., 0]
         return self.stack(s0, s0 * x[..., 1], s0 * x[..., 2], s0 * x[..., 3])
+
+    def observe_noise_scale(self, x, params, inputs):
+        """``sqrt(v)`` of the noise states, one per signal (None without ``noise_states``)."""
+        if not self.noise_states:
+            return None
+        # v > 0 along exact solutions; the floor guards a solver step that overshoots
+        return x[..., 4 + self.n_latent_species :].clamp(min=1e-6).sqrt()

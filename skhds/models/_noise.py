@@ -143,6 +143,83 @@ class NoiseModel:
         """
         raise NotImplementedError
 
+    # A model may scale the noise along its trajectory (ODEModel.observe_noise_scale):
+    # the noise scale at each time and observable is multiplied by a positive factor
+    # ``s``. Every noise model here is a location-scale family around the mean, so
+    # ``p(y | mean, s) = p(mean + (y - mean) / s | mean) / s``: the methods below
+    # build on the unscaled ones and hold for user noise models of that kind.
+    def scaled_log_prob_sum(self, y, mean, params, mask, scale=None):
+        """:meth:`log_prob_sum` with the noise scale multiplied by ``scale``.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Observations, broadcastable against ``mean`` (finite everywhere).
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        mask : torch.Tensor of bool
+            True where observed, broadcastable against ``mean``.
+        scale : torch.Tensor or None, default=None
+            Positive factors of the shape of ``mean`` (None: 1).
+
+        Returns
+        -------
+        torch.Tensor
+            Summed log density over the observed entries, of shape ``mean.shape[:-2]``.
+        """
+        if scale is None:
+            return self.log_prob_sum(y, mean, params, mask)
+        standardised = mean + (y - mean) / scale
+        log_scale = torch.where(mask, torch.log(scale), torch.zeros_like(scale)).sum((-2, -1))
+        return self.log_prob_sum(standardised, mean, params, mask) - log_scale
+
+    def scaled_variance(self, mean, params, scale=None):
+        """:meth:`variance` times ``scale ** 2`` (``scale`` None: unscaled).
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        scale : torch.Tensor or None, default=None
+            Positive factors of the shape of ``mean``.
+
+        Returns
+        -------
+        torch.Tensor
+            Element-wise observation variance, of the shape of ``mean``.
+        """
+        var = self.variance(mean, params)
+        return var if scale is None else var * scale * scale
+
+    def scaled_sample(self, mean, params, scale=None, generator=None):
+        """:meth:`sample` with the deviations from ``mean`` multiplied by ``scale``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor
+            Noise-free model predictions, of shape ``(S, K, n_observables, n_times)``.
+        params : dict of str to torch.Tensor
+            Noise parameters by base name, each of shape
+            ``(S|1, K|1, n_observables, 1)``.
+        scale : torch.Tensor or None, default=None
+            Positive factors of the shape of ``mean``.
+        generator : torch.Generator, optional
+            Random number generator used for the draws.
+
+        Returns
+        -------
+        torch.Tensor
+            Simulated observations, of the shape of ``mean``.
+        """
+        y = self.sample(mean, params, generator=generator)
+        return y if scale is None else mean + (y - mean) * scale
+
     def __repr__(self):
         shown = {k: v for k, v in vars(self).items() if not (k == "level" and v == "population")}
         args = ", ".join(f"{k}={v!r}" for k, v in shown.items())

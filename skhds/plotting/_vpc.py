@@ -48,8 +48,8 @@ def simulate_replicates(estimator, data, n_replicates, generator):
                               device=device)
             z = mu.unsqueeze(0) + omega.unsqueeze(0) * eps
             params = hier.params(g, z, batch["codes"], vae.factor_index, generator)
-            means = vae.simulate(params, batch, R)
-            y = vae.model.noise.sample(means, vae.noise_params(params), generator)
+            means, noise_scale = vae.simulate(params, batch, R, return_noise_scale=True)
+            y = vae.model.noise.scaled_sample(means, vae.noise_params(params), noise_scale, generator)
             y = torch.where(batch["mask"].unsqueeze(1), y, torch.full_like(y, float("nan")))
             out.append(y.transpose(0, 1).cpu().numpy())
     return np.concatenate(out, axis=1).astype(np.float64)

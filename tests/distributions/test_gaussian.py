@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy import stats
 
-from skhds.distributions import gaussian_kl, gaussian_log_prob, gaussian_rsample, normal_log_prob
+from skhds.distributions import (gaussian_kl, gaussian_log_prob, gaussian_log_prob_of_draw, gaussian_rsample,
+                                 normal_log_prob)
 
 
 def _tril(seed, S=3, n=3):
@@ -80,3 +81,58 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.testing.assert_close(ours, torch.distributions.kl_divergence(p, q))
     assert torch.allclose(gaussian_kl(locs[0], trils[0], locs[0], trils[0]),
                           torch.zeros(S, dtype=torch.float64), atol=1e-12)
+
+
+def _scales(kind, loc, L):
+    if kind == "diag":
+        return torch.diagonal(L, dim1=-2, dim2=-1).clone()
+    if kind == "full":
+        return L.clone()
+    return L.unsqueeze(1).expand(-1, 7, -1, -1).clone()  # one factor per draw
+
+
+@pytest.mark.parametrize("kind", ["diag", "full", "per_draw"])
+@pytest.mark.parametrize("path_only", [False, True])
+def test_log_prob_of_draw_equals_evaluation_at_the_draw(kind, path_only):
+    # value and gradients: the total derivative of log q(z(loc, L); loc, L), or (path_only,
+    # the DReG form) the derivative through z at detached parameters
+    loc0, L0 = _tril(3)
+    eps = torch.randn((3, 7, 3), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    grads = []
+    for fn in ("of_draw", "at_draw"):
+        loc = loc0.clone().requires_grad_()
+        scale = _scales(kind, loc0, L0).requires_grad_()
+        z = gaussian_rsample(loc, scale, eps)
+        if fn == "of_draw":
+            out = gaussian_log_prob_of_draw(eps, scale, z if path_only else None)
+        elif path_only:
+            out = gaussian_log_prob(z, loc.detach(), scale.detach())
+        else:
+            out = gaussian_log_prob(z, loc, scale)
+        w = torch.linspace(0.5, 1.5, out.numel(), dtype=torch.float64).reshape(out.shape)
+        (out * w).sum().backward()
+        loc_grad = torch.zeros_like(loc) if loc.grad is None else loc.grad  # None: no dependence
+        # a factor's upper triangle is zero by construction (the evaluation at z also
+        # differentiates those zeros through the draw; the encoders never see that)
+        scale_grad = scale.grad if kind == "diag" else scale.grad.tril()
+        grads.append((out.detach(), loc_grad, scale_grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if not path_only:  # the total derivative for loc is zero
+        assert grads[0][1].abs().max() < 1e-10
+
+
+def test_log_prob_of_draw_is_exact_in_float32_where_evaluation_is_not():
+    # an ill-conditioned factor (sd 1e-3 and 1e-6 with a strong correlation), means of
+    # order 10: evaluated at the float32 draw, the density is off by up to millions of
+    # nats, always on the high-weight side somewhere; from eps it matches float64
+    L = torch.tensor([[1e-3, 0.0], [5.0, 1e-6]], dtype=torch.float64).expand(50, 2, 2)
+    loc = 10 * torch.rand((50, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    eps = torch.randn((50, 200, 2), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    truth = gaussian_log_prob(gaussian_rsample(loc, L, eps), loc, L)  # float64: exact enough
+    f = torch.float32
+    z32 = gaussian_rsample(loc.to(f), L.to(f), eps.to(f))
+    evaluated = gaussian_log_prob(z32, loc.to(f), L.to(f)).double()
+    from_eps = gaussian_log_prob_of_draw(eps.to(f), L.to(f)).double()
+    torch.testing.assert_close(from_eps, truth, rtol=1e-6, atol=1e-4)
+    assert (truth - evaluated).max() > 1e4  # log q far too low: the weight far too high

@@ -188,6 +188,44 @@ def test_exact_posterior_through_global_draws(setup):
         q.zero_grad()
 
 
+class NarrowProposalEncoder(ExactPosteriorEncoder):
+    """The exact posterior mean with an sd of 1e-12: far narrower than float32 resolves at it."""
+
+    def forward(self, y, mask, times, inputs, codes):
+        mean, sd = super().forward(y, mask, times, inputs, codes)
+        return mean, torch.full_like(sd, 1e-12)
+
+
+@pytest.mark.parametrize("detach_q", [False, True])
+def test_narrow_proposal_in_float32_keeps_a_valid_bound(setup, detach_q):
+    # In float32 a draw loc + 1e-12 eps is loc itself. Evaluated at the draw, through
+    # (z - loc) / sd, log q loses the -0.5 eps^2 term (up to 6 nats per weight here); with
+    # an ill-conditioned full covariance the same rounding is amplified by the solve and
+    # the weights can come out millions of nats too high (tests/distributions). From eps
+    # the density is exact.
+    vae = _exact_vae(setup)
+    vae.encoder = NarrowProposalEncoder(setup["scaling"])
+    vae = vae.to(torch.float32)
+    batch = setup["data"].batch(np.arange(setup["S"]), setup["scaling"], None, "cpu", torch.float32)
+    with torch.no_grad():
+        out = vae.log_weights(batch, 200, setup["g"].float(), torch.Generator().manual_seed(4),
+                              detach_q=detach_q)
+    log_w = out["log_w"].double().numpy()
+    assert np.isfinite(log_w).all()
+    # every weight, computed in float64: log p(y | m) + log p(m) - log q, with m the
+    # posterior mean (the draw, to float32 resolution) and log q from the same eps
+    S, y = setup["S"], setup["y"][:, 0]
+    eps = torch.randn((S, 200, 1), generator=torch.Generator().manual_seed(4)).double().numpy()[..., 0]
+    obs = ~np.isnan(y)
+    prec = 1 / SD**2 + obs.sum(1) / SIGMA**2
+    m = (M / SD**2 + np.nansum(y, 1) / SIGMA**2) / prec
+    log_joint = (np.where(obs, stats.norm.logpdf(y, m[:, None], SIGMA), 0.0).sum(1)
+                 + stats.norm.logpdf(m, M, SD))
+    log_q = -0.5 * eps**2 - math.log(1e-12) - 0.5 * math.log(2 * math.pi)
+    np.testing.assert_allclose(log_w, log_joint[:, None] - log_q, atol=2e-3, rtol=0)
+    assert (log_w < setup["exact"][:, None] - 20.0).all()  # a valid, very loose bound
+
+
 def test_vectorised_equals_looped(setup):
     vae, S, K, y = setup["vae"], setup["S"], 50, setup["y"]
     batch = _batch(setup, np.arange(S))

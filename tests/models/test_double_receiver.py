@@ -446,13 +446,57 @@ def test_black_box_rhs_and_observe():
     assert x0[..., 0].eq(0.05).all() and x0[..., 1:].eq(0).all()
 
 
+def test_black_box_noise_states():
+    torch.manual_seed(0)
+    model = DoubleReceiverBlackBox(n_hidden=9, noise_states=True).to(F64)
+    assert model.states == ("s0", "s1", "s2", "s3", "s4", "s5", "v_OD", "v_mRFP1", "v_EYFP", "v_ECFP")
+    assert model.noise_hidden.in_features == 10 + 5 + 4 and model.noise_activation.out_features == 4
+    assert [s.name for s in model.declare_parameters()] == ["z0", "z1", "z2", "z3", "z4", "eR", "eS"]
+    p, x = _black_box_problem(model, 2)
+    tp = {k: torch.as_tensor(v) for k, v in p.items()}
+    inputs = {"C6": torch.as_tensor(C6).reshape(-1, 1), "C12": torch.as_tensor(C12).reshape(-1, 1)}
+    t = torch.zeros(1, 1, dtype=F64)
+    tp = model.with_derived(tp, inputs)
+    out = model.rhs(t, torch.as_tensor(x), tp, inputs).detach().numpy()
+    assert out.shape == (S, K, 10)
+    # the main states: the network of the model without noise states, on those states only
+    ref, _ = _np_black_box_rhs(model, x[..., :6], p, C6[:, None], C12[:, None])
+    np.testing.assert_allclose(out[..., :6], ref, rtol=1e-10, atol=1e-12)
+    # the noise states: their own network, which sees every state
+    layers = ("noise_hidden", "noise_activation", "noise_degradation")
+    W = {n: getattr(model, n).weight.detach().numpy() for n in layers}
+    b = {n: getattr(model, n).bias.detach().numpy() for n in layers}
+    cond = [p[f"z{i}"] for i in range(5)]
+    cond += [np.broadcast_to(np.log1p(C6[:, None]), (S, K)), np.broadcast_to(np.log1p(C12[:, None]), (S, K)),
+             p["eR"], p["eS"]]
+    h = np.tanh(np.concatenate([x, np.stack(cond, -1)], -1) @ W["noise_hidden"].T + b["noise_hidden"])
+    want = (_np_sigmoid(h @ W["noise_activation"].T + b["noise_activation"])
+            - _np_sigmoid(h @ W["noise_degradation"].T + b["noise_degradation"]) * x[..., 6:])
+    np.testing.assert_allclose(out[..., 6:], want, rtol=1e-10, atol=1e-12)
+    # v starts at 1 (the noise model's own scale); the noise scale is sqrt(v)
+    x0 = torch.broadcast_to(model.initial_state(tp, inputs), (S, K, 10))
+    assert x0[..., 0].eq(0.002).all() and x0[..., 1:6].eq(0).all() and x0[..., 6:].eq(1).all()
+    xt = torch.as_tensor(np.abs(np.random.default_rng(1).normal(size=(S, K, 5, 10))))
+    np.testing.assert_allclose(model.observe_noise_scale(xt, {}, {}).numpy(), np.sqrt(xt[..., 6:].numpy()))
+    assert model.observe(xt, {}, {}).shape == (S, K, 5, 4)
+    # a noise state near zero grows (its decay is proportional to it): v stays positive
+    small = torch.as_tensor(x).clone()
+    small[..., 6:] = 0.0
+    assert (model.rhs(t, small, tp, inputs)[..., 6:] > 0).all()
+    # without the option: no noise scale, and models pickled before it had none
+    assert DoubleReceiverBlackBox().observe_noise_scale(xt[..., :6], {}, {}) is None
+    old = DoubleReceiverBlackBox()
+    del old.__dict__["noise_states"]
+    assert old.noise_states is False and old.observe_noise_scale(xt[..., :6], {}, {}) is None
+
+
 def test_black_box_get_params_and_clone():
     torch.manual_seed(0)
     model = DoubleReceiverBlackBox(n_latent=3, n_hidden=7, n_latent_species=1, x0=0.01)
     params = model.get_params(deep=False)
     assert params["n_latent"] == 3 and params["n_hidden"] == 7
     assert params["n_latent_species"] == 1 and params["x0"] == 0.01
-    assert set(params) == {"n_latent", "n_hidden", "n_latent_species", "x0", "noise"}
+    assert set(params) == {"n_latent", "n_hidden", "n_latent_species", "x0", "noise", "noise_states"}
     new = clone(model)
     assert type(new) is DoubleReceiverBlackBox
     assert new.get_params(deep=False)["n_hidden"] == 7
@@ -563,3 +607,47 @@ def test_white_box_one_epoch_on_real_data(data_home, one_thread):
     # OD prediction starts at the model's x0 (the white-box initial state).
     np.testing.assert_allclose(pred[:, 0, 0], 0.002, rtol=1e-4)
     assert np.isfinite(est.score(X, groups=groups, inputs=inputs, times=times))
+
+
+def test_black_box_with_noise_states_trains_on_real_data(data_home, one_thread):
+    X, groups, inputs, times = _real_subset(data_home)
+    torch.manual_seed(0)
+    model = DoubleReceiverBlackBox(n_hidden=6, noise_states=True)
+    est = HierarchicalODEVAE(model, n_importance_samples=4, n_eval_samples=8, batch_size=12,
+                             random_state=0, training_refinement=1)
+    est.partial_fit(X, groups=groups, inputs=inputs, times=times)
+    assert np.isfinite(est.loss_curve_).all() and est.history_["skipped_steps"].iloc[0] == 0
+    # the noise network is part of the model and trained with it
+    init = model.state_dict()
+    for key in ("noise_hidden.weight", "noise_activation.weight", "noise_degradation.bias"):
+        assert not torch.allclose(est.model_.state_dict()[key], init[key]), key
+    # at t = 0 every sample starts from the same state and v = 1: the predictive sd there
+    # is the noise model's own sd
+    pred, std = est.predict(X, groups=groups, inputs=inputs, times=times, return_std=True)
+    assert np.isfinite(pred).all() and np.isfinite(std).all()
+    sigma = est.summary_.set_index("parameter").loc[[f"sigma_{o}" for o in SIGNALS], "mean"].to_numpy()
+    np.testing.assert_allclose(std[:, :, 0].mean(0), sigma, rtol=0.1)  # measured within 2.5%
+    assert np.isfinite(est.score(X, groups=groups, inputs=inputs, times=times))
+
+
+def test_black_box_noise_states_scale_simulated_noise():
+    # With the noise network's weights zero, dv/dt = a - d v with a = sigmoid(b_a) and
+    # d = sigmoid(b_d): v(t) = a/d + (1 - a/d) exp(-d t), and simulated residuals have the
+    # sd sigma sqrt(v(t))
+    torch.manual_seed(0)
+    model = DoubleReceiverBlackBox(n_hidden=4, noise_states=True)
+    with torch.no_grad():
+        for layer in (model.noise_activation, model.noise_degradation):
+            layer.weight.zero_()
+        model.noise_activation.bias.copy_(torch.tensor([2.0, 1.0, 0.0, -1.0]))
+        model.noise_degradation.bias.fill_(-1.0)
+    a = 1 / (1 + np.exp(-np.array([2.0, 1.0, 0.0, -1.0])))
+    d = 1 / (1 + np.exp(1.0))
+    times = np.linspace(0.0, 10.0, 11)
+    v = a[:, None] / d + (1 - a[:, None] / d) * np.exp(-d * times)  # (4, T): from 1 up to 3.3
+    sigma = 0.02
+    data = simulate(model, times=times, groups=pd.DataFrame({"luxR_rbs": [0] * 2000, "lasR_rbs": [0] * 2000}),
+                    inputs=np.zeros((2000, 2)), params={f"sigma_{o}": sigma for o in SIGNALS},
+                    random_state=0, solver="rk4", dt=0.01)
+    sd = (data.X - data.clean).std(0)  # (4, T)
+    np.testing.assert_allclose(sd, sigma * np.sqrt(v), rtol=0.07)

@@ -381,3 +381,50 @@ def test_noise_pickled_before_the_level_option_is_population_level():
     old = Gaussian()
     del old.__dict__["level"]  # what unpickling an object saved by an earlier version gives
     assert old.level == "population" and old == Gaussian() and Gaussian() == old
+
+
+# ---------------------------------------------------------------------------
+# noise scaled along the trajectory (ODEModel.observe_noise_scale)
+# ---------------------------------------------------------------------------
+
+
+def _scaled_ref(name, mean, params, scale):
+    """scipy density with the noise model's scale multiplied by ``scale``."""
+    p = _np(params)
+    if name == "gaussian":
+        return scipy.stats.norm(mean, p["sigma"] * scale)
+    if name == "proportional":
+        return scipy.stats.norm(mean, p["b"] * np.abs(mean) * scale)
+    if name == "combined":
+        return scipy.stats.norm(mean, np.sqrt(p["a"] ** 2 + (p["b"] * mean) ** 2) * scale)
+    if name == "laplace":
+        return scipy.stats.laplace(mean, p["scale"] * scale)
+    return scipy.stats.t(DF, mean, p["sigma"] * scale)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_scaled_log_prob_sum_variance_and_sample(name):
+    factory, names, _ = MODELS[name]
+    model = factory()
+    params = _params(names)
+    mean, y = _mean_and_y(5)
+    rng = np.random.default_rng(3)
+    scale = rng.uniform(0.2, 5.0, size=mean.shape)  # a factor per sample, observable and time
+    mask = rng.random(mean.shape) < 0.8
+    ref = _scaled_ref(name, mean, params, scale)
+    tm, ty, ts = (torch.tensor(a, dtype=F64) for a in (mean, y, scale))
+    out = model.scaled_log_prob_sum(ty, tm, params, torch.tensor(mask), ts)
+    np.testing.assert_allclose(out.numpy(), np.where(mask, ref.logpdf(y), 0.0).sum((-2, -1)), rtol=1e-6)
+    np.testing.assert_allclose(model.scaled_variance(tm, params, ts).numpy(), ref.var(), rtol=1e-6)
+    # without a scale: the unscaled methods
+    torch.testing.assert_close(model.scaled_log_prob_sum(ty, tm, params, torch.tensor(mask)),
+                               model.log_prob_sum(ty, tm, params, torch.tensor(mask)))
+    torch.testing.assert_close(model.scaled_variance(tm, params), model.variance(tm, params))
+    # draws: deviations from the mean scaled element by element
+    gen = torch.Generator().manual_seed(0)
+    big = tm[:1, :1].expand(4000, 1, N_OBS, T)  # one sample's means, 4,000 times
+    s = ts[:1, :1].expand_as(big)
+    draws = model.scaled_sample(big, {k: v[:, :1] for k, v in params.items()}, s, generator=gen)
+    sd = (draws - big).std(0)
+    want = model.scaled_variance(big[:1], {k: v[:, :1] for k, v in params.items()}, s[:1])[0].sqrt()
+    np.testing.assert_allclose(sd.numpy(), want.numpy(), rtol=0.08)

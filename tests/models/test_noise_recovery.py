@@ -69,15 +69,9 @@ def _outlier_data():
     """Student-t data plus gross one-sided outliers: 5 % of the points raised by 0.3-0.6."""
     data = _data("student")
     rng = np.random.default_rng(0)
-    hit = _outlier_hits(data.X.shape, rng)
+    hit = rng.random(data.X.shape) < 0.05
     data.X = data.X + hit * rng.uniform(0.3, 0.6, data.X.shape)
     return data
-
-
-def _outlier_hits(shape, rng=None):
-    """Where :func:`_outlier_data` puts its outliers (the first draws of its generator)."""
-    rng = np.random.default_rng(0) if rng is None else rng
-    return rng.random(shape) < 0.05
 
 
 def _fit(data, noise, case):
@@ -190,12 +184,6 @@ def test_recovers_noise_parameters(case, fits):
 
 
 # --------------------------------------------------------------- discriminating checks
-def _log_r_hat(data, est):
-    """Posterior means of the growth rates of the training series, log scale."""
-    feats = est.transform(data.X[TRAIN], groups=data.groups[TRAIN], times=TIMES)
-    return np.log(feats[:, list(est.get_feature_names_out()).index("r")])
-
-
 def _held_out_score(data, est):
     return est.score(data.X[TEST], groups=data.groups[TEST], times=TIMES)
 
@@ -216,18 +204,17 @@ def test_student_t_beats_gaussian_on_heavy_tailed_data_with_outliers(fits):
     _, wrong = fits("outliers", "gaussian")
     s_right, s_wrong = _held_out_score(data, right), _held_out_score(data, wrong)
     assert s_right > s_wrong + 2.0, (s_right, s_wrong)
-    # Growth rates. The robust likelihood follows the bulk of each series, not its
-    # outliers: compare on the 8 training series with at least two outlying points.
-    # Measured mean |log r error| there, StudentT vs Gaussian: 0.097 vs 0.131 (estimator
-    # seed 0), 0.083 vs 0.126 (1), 0.080 vs 0.115 (2). Over all 48 series the two are
-    # close (0.055 vs 0.053 at seed 0, 0.043 vs 0.059 and 0.043 vs 0.055 at 1 and 2):
-    # most series have no outlier, and there the heavier tails cost some precision.
-    log_r = np.log(data.params["r"][TRAIN])
-    hit = _outlier_hits(data.X.shape)[TRAIN].sum((1, 2)) >= 2
-    hat_right, hat_wrong = _log_r_hat(data, right), _log_r_hat(data, wrong)
-    err_right, err_wrong = (np.mean(np.abs(h - log_r)[hit]) for h in (hat_right, hat_wrong))
-    assert hit.sum() >= 5 and err_right < err_wrong, (hit.sum(), err_right, err_wrong)
-    # (The population mean growth rate is not compared: which fit is less biased
+    # The robust likelihood is not pulled by the outliers: its scale stays near the true
+    # 0.05 while the Gaussian sd more than doubles to absorb them (measured 0.063 and
+    # 0.064 against 0.130 and 0.128 at estimator seeds 0 and 3).
+    sigma = {name: est.summary_.set_index("parameter").loc["sigma_x", "mean"]
+             for name, est in (("student", right), ("gaussian", wrong))}
+    assert sigma["student"] < 1.5 * 0.05 and sigma["student"] < 0.65 * sigma["gaussian"], sigma
+    # (The growth rates of the 8 training series with two or more outliers are usually
+    # closer to the truth under Student-t, but not reliably: mean |log r error| 0.079-0.208
+    # against 0.12-0.24 for Gaussian over estimator seeds 0-7, Student-t worse at seed 0
+    # and level at seed 3; round-off differences change which, so it is not asserted. The
+    # population mean growth rate is not compared either: which fit is less biased
     # depends on the seed, 0.002-0.039 for StudentT and 0.002-0.095 for Gaussian.)
 
 
@@ -288,3 +275,63 @@ def test_per_series_noise_beats_one_noise_level_held_out(per_series):
     with_levels = _held_out_score(data, fits["individual"])
     shared = _held_out_score(data, fits["population"])
     assert with_levels > shared + 2.0, (with_levels, shared)
+
+
+# ---------------------------------------------------------------------------
+# noise that varies along the trajectory (ODEModel.observe_noise_scale)
+# ---------------------------------------------------------------------------
+
+
+class ShotNoiseGrowth(LogisticGrowth):
+    """Logistic growth whose noise sd grows with the density: ``sigma * sqrt(x / 0.5)``."""
+
+    def observe_noise_scale(self, x, params, inputs):
+        return (x / 0.5).clamp(min=1e-4).sqrt()
+
+
+@pytest.fixture(scope="module")
+def shot_noise():
+    """Data whose noise sd grows 10-fold along the curves; fits with and without the scale."""
+    sigma = 0.03
+    data = simulate(ShotNoiseGrowth(lag=False, noise=Gaussian()), times=TIMES, groups=GROUPS,
+                    params={"sigma_x": sigma}, random_state=6)
+    fits = {}
+    for name, model in [("scaled", ShotNoiseGrowth(lag=False, noise=Gaussian())),
+                        ("constant", _model(Gaussian()))]:
+        est = HierarchicalODEVAE(model, **{**FIT, "training_refinement": 3})
+        kw = dict(groups=data.groups[TRAIN], times=TIMES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(data.X[TRAIN], **kw)
+            est.set_params(**ANNEAL).fit(data.X[TRAIN], **kw)
+        fits[name] = est
+    return data, sigma, fits
+
+
+def test_simulate_scales_the_noise_along_the_trajectory(shot_noise):
+    data, sigma, _ = shot_noise
+    resid = (data.X - data.clean)[:, 0]
+    scale = np.sqrt(np.clip(data.clean[:, 0], 1e-4, None) / 0.5)
+    early, late = data.clean[:, 0] < 0.1, data.clean[:, 0] > 0.8
+    # the raw residuals differ between the low and the high part of the curves; the
+    # standardised ones have the declared sd in both
+    assert resid[late].std() > 2.0 * resid[early].std()
+    for part in (early, late):
+        assert abs((resid[part] / scale[part]).std() / sigma - 1) < 0.1
+
+
+def test_noise_scale_of_the_model_is_learned_and_used(shot_noise):
+    data, sigma, fits = shot_noise
+    est = fits["scaled"]
+    # the noise sd on the model's scale is recovered (measured 0.0311 against 0.03;
+    # without semi-amortised training the early, low-noise part of the curves is fitted
+    # less closely and the sd came out 0.035-0.038)
+    sigma_hat = est.summary_.set_index("parameter").loc["sigma_x", "mean"]
+    assert abs(sigma_hat / sigma - 1) < 0.15, sigma_hat
+    # predictive bands widen with the density as the data do (measured 4.3x)
+    mean, std = est.predict(data.X[TEST], groups=data.groups[TEST], times=TIMES, return_std=True)
+    low, high = mean[:, 0] < 0.1, mean[:, 0] > 0.8
+    assert std[:, 0][high].mean() > 2.5 * std[:, 0][low].mean()
+    # and it fits held-out data better than one constant sd (measured 39.97 against 36.95)
+    with_scale, constant = _held_out_score(data, est), _held_out_score(data, fits["constant"])
+    assert with_scale > constant + 2.0, (with_scale, constant)
