@@ -83,7 +83,7 @@ import skhds
 from skhds import HierarchicalODEVAE
 from skhds.datasets import fetch_double_receiver
 from skhds.distributions import LogNormal
-from skhds.models import DoubleReceiver, DoubleReceiverBlackBox, Gaussian
+from skhds.models import Combined, DoubleReceiver, DoubleReceiverBlackBox, Gaussian
 from skhds.preprocessing import SignalScaler
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,6 +91,7 @@ N_WELLS, N_FOLDS = 312, 4
 MODELS = {"white": DoubleReceiver, "black": DoubleReceiverBlackBox}
 # both models' default: Gaussian noise per signal, precision ~ LogNormal(8, 2), i.e. sd ~ LogNormal(-4, 1)
 NOISE_PRIOR = LogNormal(-4.0, 1.0)
+PROPORTIONAL_PRIOR = LogNormal(math.log(0.05), 1.0)  # --noise combined: b, a fraction of the signal
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -134,10 +135,19 @@ def parse_args(argv=None):
     ap.add_argument("--noise-level", choices=["population", "individual"], default="population",
                     help="Gaussian noise sd per signal shared by all wells (the issue's model) or "
                          "one per well and signal with a learned population distribution")
+    ap.add_argument("--noise", choices=["gaussian", "combined"], default="gaussian",
+                    help="Gaussian: one sd per signal (the issue's model); combined: additive "
+                         "sd a plus proportional part b (sd = sqrt(a^2 + (b f)^2), b ~ "
+                         "LogNormal(log 0.05, 1))")
+    ap.add_argument("--noise-states", action="store_true",
+                    help="black box: time-varying noise from four neural noise states "
+                         "(DoubleReceiverBlackBox(noise_states=True))")
     ap.add_argument("--compile-solver", action="store_true",
                     help="compile_solver=True (compiled solver steps; compile time is training time)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the estimators")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--device", default="cpu",
+                    help="estimator device ('cuda': CUDA graphs for training, as by default)")
     ap.add_argument("--out", type=Path, default=None, help="CSV path (default in results/)")
     ap.add_argument("--save-dir", type=Path, default=None,
                     help="if set, joblib-dump each run's final estimator there (keep it outside "
@@ -158,7 +168,7 @@ def settings(args):
     keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
             "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
             "time_budget", "training_refinement", "lr_schedule", "eval_refine", "compile_solver",
-            "noise_level"]
+            "noise_level", "noise", "noise_states", "device"]
     out = {k: getattr(args, k) for k in keys}
     out["time_budget"] = None if math.isinf(args.time_budget) else args.time_budget  # valid JSON
     return out
@@ -177,6 +187,8 @@ def header(args):
         "sklearn": sklearn.__version__,
         "skhds": getattr(skhds, "__version__", "unknown"),
         "threads": torch.get_num_threads(),
+        "accelerator": (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                        else None),
         "scaling": ("signal maxima over all 312 wells (reference-like)" if args.scale_on == "all"
                     else "signal maxima over the training wells (package protocol)"),
         "settings": settings(args),
@@ -226,16 +238,25 @@ def scale(X, train, scale_on):
 
 
 # ------------------------------------------------------------------- fit and evaluate
+def make_noise(args):
+    """The run's noise model: the issue's Gaussian, or combined additive and proportional error."""
+    if args.noise == "combined":
+        return Combined(NOISE_PRIOR, PROPORTIONAL_PRIOR, level=args.noise_level)
+    return Gaussian(NOISE_PRIOR, level=args.noise_level)
+
+
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
     return HierarchicalODEVAE(
-        MODELS[model](noise=Gaussian(NOISE_PRIOR, level=args.noise_level)),
+        MODELS[model](noise=make_noise(args),
+                      **({"noise_states": True} if args.noise_states and model == "black" else {})),
         batch_size=args.batch_size, n_importance_samples=args.K_train,
         n_eval_samples=args.K_eval, learning_rate=args.learning_rate,
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,
         random_effects=args.random_effects, covariance_type=args.covariance_type,
         random_state=args.seed, training_refinement=args.training_refinement,
         learning_rate_schedule=args.lr_schedule or None, compile_solver=args.compile_solver,
+        device=args.device,
     )
 
 
