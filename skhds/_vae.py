@@ -310,8 +310,9 @@ class HierarchicalVAE(torch.nn.Module):
     def log_likelihood(self, means, batch, params, noise_scale=None):
         """Masked log-likelihood of the observations: ``(S, K)``.
 
-        ``noise_scale``: the model's factors on the noise scale, from
+        ``noise_scale`` holds the model's factors on the noise scale, from
         :meth:`simulate` (None: constant noise).
+
         Samples whose simulation is not finite, or whose likelihood overflows,
         get NaN (turned into weight zero by the bound). Their means are replaced
         by the data before the density is evaluated, so their gradients are

@@ -237,6 +237,11 @@ class DoubleReceiverBlackBox(ODEModel):
             self.noise_activation = nn.Linear(n_hidden, n_obs)
             self.noise_degradation = nn.Linear(n_hidden, n_obs)
 
+    @property
+    def _n_species(self):
+        """The species states (observed-linked and latent), before any noise states."""
+        return 4 + self.n_latent_species
+
     def declare_parameters(self):
         """``n_latent`` individual latents and one group latent per RBS factor."""
         params = [Parameter(f"z{i}", Normal(0.0, 1.0), level="individual")
@@ -249,8 +254,7 @@ class DoubleReceiverBlackBox(ODEModel):
 
     def initial_state(self, params, inputs):
         """``s0 = x0``, the noise states (if any) 1, everything else 0."""
-        n_main = 4 + self.n_latent_species
-        x0 = _density_only(params["eR"], n_main, self.x0)
+        x0 = _density_only(params["eR"], self._n_species, self.x0)
         if self.noise_states:
             x0 = torch.nn.functional.pad(x0, (0, len(_SIGNALS)), value=1.0)
         return x0
@@ -266,7 +270,7 @@ class DoubleReceiverBlackBox(ODEModel):
         cond = [params[f"z{i}"] for i in range(self.n_latent)]
         cond += [torch.log1p(inputs["C6"]), torch.log1p(inputs["C12"]), params["eR"], params["eS"]]
         cond = self.stack(*cond)  # (S, K, n_cond)
-        n = 4 + self.n_latent_species
+        n = self._n_species
         w = self.hidden.weight
         out = {
             "nn_hidden_const": nn.functional.linear(cond, w[:, n:], self.hidden.bias),
@@ -288,7 +292,7 @@ class DoubleReceiverBlackBox(ODEModel):
     def rhs(self, t, x, params, inputs):
         """Neural production/degradation dynamics: ``sigmoid(W_a h + b_a) - sigmoid(W_d h + b_d) s``."""
         p = params
-        s = x[..., : 4 + self.n_latent_species] if self.noise_states else x
+        s = x[..., : self._n_species] if self.noise_states else x
         h = torch.tanh(p["nn_hidden_const"] + nn.functional.linear(s, p["nn_hidden_state"]))
         rates = torch.sigmoid(nn.functional.linear(h, p["nn_out_weight"], p["nn_out_bias"]))
         production, degradation = rates.chunk(2, dim=-1)
@@ -296,7 +300,7 @@ class DoubleReceiverBlackBox(ODEModel):
         if not self.noise_states:
             return ds
         # the noise states: the same form, their own network, which sees every state
-        v = x[..., 4 + self.n_latent_species :]
+        v = x[..., self._n_species :]
         hv = torch.tanh(p["nn_noise_hidden_const"] + nn.functional.linear(x, p["nn_noise_hidden_state"]))
         rates_v = torch.sigmoid(nn.functional.linear(hv, p["nn_noise_out_weight"], p["nn_noise_out_bias"]))
         production_v, degradation_v = rates_v.chunk(2, dim=-1)
@@ -312,4 +316,4 @@ class DoubleReceiverBlackBox(ODEModel):
         if not self.noise_states:
             return None
         # v > 0 along exact solutions; the floor guards a solver step that overshoots
-        return x[..., 4 + self.n_latent_species :].clamp(min=1e-6).sqrt()
+        return x[..., self._n_species :].clamp(min=1e-6).sqrt()
