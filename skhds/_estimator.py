@@ -347,7 +347,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         if unseen:
             warnings.warn(
                 f"Group levels not seen in training: {unseen}. Their group parameters are "
-                "marginalised over the learned group distribution (zero-shot prediction).",
+                "marginalised over the learned group distribution (zero-shot prediction). The "
+                "encoder has not seen such series either: refine=3 (score_samples, predict, "
+                "transform, sample_posterior) adapts the proposals to each series.",
                 UserWarning,
                 stacklevel=3,
             )
