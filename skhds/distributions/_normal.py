@@ -109,11 +109,13 @@ def gaussian_log_prob_of_draw(eps, scale, z=None):
     ``log N(z | loc, L L^T) = log N(eps | 0, I) - log det L`` holds exactly.
     Evaluating the density at ``z`` instead (:func:`gaussian_log_prob`) first
     forms ``z - loc`` and then solves with ``L``: in float32, where ``L`` is
-    small next to ``loc`` the rounding of ``z`` is divided by ``L`` and the
-    log density can come out wrong by any amount (a proposal sd 1e-14 times
-    its mean gives ``-0.5 u^2`` of about -1e19). Such an error makes log
-    weights, and so a training objective that should be a lower bound,
-    arbitrarily large, and an optimiser will find it. The value here is
+    ill-conditioned (a very narrow direction of a strongly correlated
+    proposal), the rounding of ``z`` is divided by that small width and the
+    log density can come out too low by any amount (by 1e6 nats for widths
+    1e-3 and 1e-6 with such a correlation, by about 1e20 in a diverged
+    training run). Such an error makes log weights, and so a training
+    objective that should be a lower bound, arbitrarily large, and an
+    optimiser will find it. The value here is
     exact, and its gradient with respect to ``loc`` and ``L`` is the total
     derivative of ``log q(z(loc, L); loc, L)`` (zero for ``loc``, ``-d log
     det L``), as for the evaluation at ``z``.
