@@ -14,6 +14,7 @@ import torch
 from .distributions import gaussian_kl, gaussian_log_prob, gaussian_log_prob_of_draw, gaussian_rsample
 from .inference import effective_sample_size, minibatch_objective, normalized_weights
 from .inference._bound import sanitize_log_weights_lazy
+from .models._base import observe_checked
 from .solvers import odeint
 
 __all__ = ["HierarchicalVAE", "PriorFollowingProposal"]
@@ -279,25 +280,8 @@ class HierarchicalVAE(torch.nn.Module):
             traj = traj[..., 1:]
         xt = traj.transpose(-1, -2)  # (S, K, T, n_states)
         p_t = {k: v.unsqueeze(-1) for k, v in params.items()}
-        inputs_t = self._inputs(batch, time_axis=True)
-        obs = model.observe(xt, p_t, inputs_t)
-        n_obs = len(model.observable_names)
-        if obs.dim() != 4 or obs.shape[-1] != n_obs:
-            raise ValueError(
-                f"Model {type(model).__name__}: observe() returned shape {tuple(obs.shape)}; expected "
-                f"(S, K, n_times, n_observables={n_obs})."
-            )
-        if not return_noise_scale:
-            return obs.transpose(-1, -2)
-        scale = model.observe_noise_scale(xt, p_t, inputs_t)
-        if scale is not None:
-            if scale.shape != obs.shape:
-                raise ValueError(
-                    f"Model {type(model).__name__}: observe_noise_scale() returned shape "
-                    f"{tuple(scale.shape)}; expected that of observe(), {tuple(obs.shape)}."
-                )
-            scale = scale.transpose(-1, -2)
-        return obs.transpose(-1, -2), scale
+        return observe_checked(model, xt, p_t, self._inputs(batch, time_axis=True),
+                               noise_scale=return_noise_scale)
 
     def noise_params(self, params):
         """Noise parameters stacked per observable: ``(1|S, Kg, n_obs, 1)`` tensors."""

@@ -15,7 +15,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from skhds import HierarchicalODEVAE, ODEModel, Parameter
 from skhds._validation import check_observations, check_times
-from skhds.datasets import make_logistic_growth
+from skhds.datasets import make_logistic_growth, simulate
 from skhds.distributions import LogNormal
 from skhds.models import LogisticGrowth
 
@@ -567,6 +567,9 @@ def test_observe_noise_scale_wrong_shape():
     with pytest.raises(ValueError, match=r"Model NoiseScaleWrongShape: observe_noise_scale\(\) returned "
                                          r"shape \(8, 32, 6\); expected that of observe\(\), \(8, 32, 6, 1\)"):
         HierarchicalODEVAE(NoiseScaleWrongShape(), max_iter=1, batch_size=8).fit(X, times=times)
+    # simulate() checks it the same way (it shares the estimator's observation step)
+    with pytest.raises(ValueError, match=r"Model NoiseScaleWrongShape: observe_noise_scale\(\) returned"):
+        simulate(NoiseScaleWrongShape(), 4, times=times)
 
 
 def test_model_with_string_states():

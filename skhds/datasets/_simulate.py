@@ -9,6 +9,7 @@ from sklearn.utils import Bunch, check_random_state
 
 from .._validation import check_groups, check_inputs, check_times
 from ..models import check_model
+from ..models._base import observe_checked
 from ..solvers import odeint, substeps_for_grid
 
 __all__ = ["simulate"]
@@ -120,12 +121,9 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
                       method=solver, n_substeps=substeps_for_grid(solve_t, dt))
         if prepend:
             traj = traj[..., 1:]
-        xt, p_t = traj.transpose(-1, -2), {k: v.unsqueeze(-1) for k, v in full.items()}
-        ins_t = {k: v.unsqueeze(-1) for k, v in ins.items()}
-        obs = m.observe(xt, p_t, ins_t).transpose(-1, -2)
-        noise_scale = m.observe_noise_scale(xt, p_t, ins_t)
-        if noise_scale is not None:
-            noise_scale = noise_scale.transpose(-1, -2)
+        obs, noise_scale = observe_checked(m, traj.transpose(-1, -2),
+                                           {k: v.unsqueeze(-1) for k, v in full.items()},
+                                           {k: v.unsqueeze(-1) for k, v in ins.items()}, noise_scale=True)
         nparams = {}
         for base, prior in model.noise.declare().items():
             if model.noise.level == "individual":  # drawn per series above, with the other parameters

@@ -383,6 +383,50 @@ class ODEModel(torch.nn.Module):
         return type(self)(**self.get_params(deep=False))
 
 
+def observe_checked(model, x, params, inputs, noise_scale=False):
+    """The model's observables of time-major states, checked, in the layout of the data.
+
+    Shared by the estimator and :func:`~skhds.datasets.simulate`: calls
+    :meth:`ODEModel.observe` (and, with ``noise_scale=True``,
+    :meth:`ODEModel.observe_noise_scale`), checks their shapes with errors
+    that name the method, and moves time last.
+
+    Parameters
+    ----------
+    model : ODEModel
+    x : torch.Tensor of shape (S, K, n_times, n_states)
+    params, inputs : dict of str to torch.Tensor
+        With a trailing singleton time axis, as :meth:`ODEModel.observe` takes them.
+    noise_scale : bool, default=False
+        Also return the model's factors on the noise scale.
+
+    Returns
+    -------
+    obs : torch.Tensor of shape (S, K, n_observables, n_times)
+    scale : torch.Tensor of shape (S, K, n_observables, n_times) or None
+        Only with ``noise_scale=True``; None for a model without factors.
+    """
+    name = type(model).__name__
+    obs = model.observe(x, params, inputs)
+    n_obs = len(model.observable_names)
+    if obs.dim() != 4 or obs.shape[-1] != n_obs:
+        raise ValueError(
+            f"Model {name}: observe() returned shape {tuple(obs.shape)}; expected "
+            f"(S, K, n_times, n_observables={n_obs})."
+        )
+    if not noise_scale:
+        return obs.transpose(-1, -2)
+    scale = model.observe_noise_scale(x, params, inputs)
+    if scale is not None:
+        if scale.shape != obs.shape:
+            raise ValueError(
+                f"Model {name}: observe_noise_scale() returned shape {tuple(scale.shape)}; "
+                f"expected that of observe(), {tuple(obs.shape)}."
+            )
+        scale = scale.transpose(-1, -2)
+    return obs.transpose(-1, -2), scale
+
+
 def check_model(model):
     """Validate a model's declarations; raise a clear error naming the model.
 
