@@ -333,7 +333,7 @@ class HierarchicalVAE(torch.nn.Module):
 
     # ------------------------------------------------------ log weights
     def log_weights(self, batch, K, g, generator, detach_q=False, include_global=False, local=None,
-                    eps=None, g_repeats=1, defensive=0.0):
+                    eps=None, g_repeats=1, defensive=0.0, log_q_global=None):
         """Log importance weights of ``K`` draws per series.
 
         Parameters
@@ -370,6 +370,10 @@ class HierarchicalVAE(torch.nn.Module):
             the tails of a posterior that the likelihood barely constrains
             (a parameter the data do not identify) are sampled even where the
             proposal is too light-tailed. Estimates stay unbiased.
+        log_q_global : torch.Tensor of shape (K,), optional
+            ``log q(g)`` of the draws ``g`` for ``include_global``, exact from
+            :meth:`~skhds.nn.MeanFieldGaussian.rsample_with_log_prob`
+            (default: evaluated at ``g``).
 
         Returns
         -------
@@ -419,7 +423,9 @@ class HierarchicalVAE(torch.nn.Module):
         means, noise_scale = self.simulate(params, batch, K, return_noise_scale=True)
         log_w = self.log_likelihood(means, batch, params, noise_scale) + log_pz - log_q
         if include_global:
-            log_w = log_w + (self.log_prior_global(g) - self.q_global.log_prob(g)).unsqueeze(0)
+            if log_q_global is None:
+                log_q_global = self.q_global.log_prob(g)
+            log_w = log_w + (self.log_prior_global(g) - log_q_global).unsqueeze(0)
         log_w, n_bad = sanitize_log_weights_lazy(log_w)  # count read by the caller
         return {"log_w": log_w, "n_bad": n_bad, "z": z, "params": params, "means": means, "g": g,
                 "loc": loc, "scale": scale, "coupling": coupling, "noise_scale": noise_scale}
@@ -602,8 +608,9 @@ class HierarchicalVAE(torch.nn.Module):
     @torch.no_grad()
     def evaluate(self, batch, K, generator, include_global=False, local=None):
         """Log weights with one global draw per importance sample (no gradients)."""
-        g = self.q_global.rsample(K, generator)
-        return self.log_weights(batch, K, g, generator, include_global=include_global, local=local)
+        g, log_q_global = self.q_global.rsample_with_log_prob(K, generator)
+        return self.log_weights(batch, K, g, generator, include_global=include_global, local=local,
+                                log_q_global=log_q_global)
 
     def log_likelihood_given_globals(self, batch, g, L, generator, local=None, eps=None, defensive=0.0):
         """Importance estimates of ``log p(y_i | g_m)`` for global draws ``g``.
