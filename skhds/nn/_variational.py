@@ -40,9 +40,11 @@ class MeanFieldGaussian(torch.nn.Module):
         The density comes from the standard normal draws, ``log N(eps | 0, I)
         - sum(log scale)``: exact in any precision. :meth:`log_prob` at the
         draws forms ``(g - loc) / scale``, and in float32 the rounding of
-        ``g`` is divided by ``scale``: for a width far below ``|loc|`` the
-        density comes out wrong by many nats. The draws are the same as
-        :meth:`rsample`'s for the same generator state.
+        ``g`` is divided by ``scale``: in every dimension whose width is
+        below the rounding step of ``loc`` the draw rounds to ``loc`` (or
+        next to it), and the density is off by up to about ``eps^2 / 2``
+        there. The draws are the same as :meth:`rsample`'s for the same
+        generator state.
         """
         eps = torch.randn(
             (n, self.loc.shape[0]), generator=generator, dtype=self.loc.dtype, device=self.loc.device
