@@ -2,7 +2,7 @@
 
 import torch
 
-from ..distributions import normal_kl, normal_log_prob
+from ..distributions import gaussian_log_prob_of_draw, normal_kl, normal_log_prob
 
 __all__ = ["MeanFieldGaussian", "gaussian_kl"]
 
@@ -38,7 +38,8 @@ class MeanFieldGaussian(torch.nn.Module):
         """Reparameterised draws ``(n, D)`` and their log density ``(n,)``.
 
         The density comes from the standard normal draws, ``log N(eps | 0, I)
-        - sum(log scale)``: exact in any precision. :meth:`log_prob` at the
+        - sum(log scale)`` (:func:`~skhds.distributions.gaussian_log_prob_of_draw`):
+        exact in any precision. :meth:`log_prob` at the
         draws forms ``(g - loc) / scale``, and in float32 the rounding of
         ``g`` is divided by ``scale``: in every dimension whose width is
         below the rounding step of ``loc`` the draw rounds to ``loc`` (or
@@ -49,9 +50,9 @@ class MeanFieldGaussian(torch.nn.Module):
         eps = torch.randn(
             (n, self.loc.shape[0]), generator=generator, dtype=self.loc.dtype, device=self.loc.device
         )
-        g = self.loc + self.scale * eps
-        log_q = normal_log_prob(eps, 0.0, 1.0).sum(-1) - self.log_scale.sum()
-        return g, log_q
+        scale = self.scale
+        g = self.loc + scale * eps
+        return g, gaussian_log_prob_of_draw(eps.unsqueeze(0), scale.unsqueeze(0))[0]
 
     def log_prob(self, g):
         """Log density of draws ``(n, D)``, summed over dimensions: ``(n,)``."""
