@@ -142,6 +142,11 @@ def parse_args(argv=None):
     ap.add_argument("--noise-states", action="store_true",
                     help="black box: time-varying noise from four neural noise states "
                          "(DoubleReceiverBlackBox(noise_states=True))")
+    ap.add_argument("--noise-start", type=float, default=1.0,
+                    help="initial value of the black box's noise states (DoubleReceiverBlackBox"
+                         "(noise_start=...)), learned from there")
+    ap.add_argument("--hidden-activation", choices=["tanh", "relu"], default="tanh",
+                    help="the black box's hidden activation (DoubleReceiverBlackBox(hidden_activation=...))")
     ap.add_argument("--compile-solver", action="store_true",
                     help="compile_solver=True (compiled solver steps; compile time is training time)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the estimators")
@@ -168,7 +173,7 @@ def settings(args):
     keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
             "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
             "time_budget", "training_refinement", "lr_schedule", "eval_refine", "compile_solver",
-            "noise_level", "noise", "noise_states", "device"]
+            "noise_level", "noise", "noise_states", "noise_start", "hidden_activation", "device"]
     out = {k: getattr(args, k) for k in keys}
     out["time_budget"] = None if math.isinf(args.time_budget) else args.time_budget  # valid JSON
     return out
@@ -247,9 +252,11 @@ def make_noise(args):
 
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
+    black = {"hidden_activation": args.hidden_activation}
+    if args.noise_states:
+        black.update(noise_states=True, noise_start=args.noise_start)
     return HierarchicalODEVAE(
-        MODELS[model](noise=make_noise(args),
-                      **({"noise_states": True} if args.noise_states and model == "black" else {})),
+        MODELS[model](noise=make_noise(args), **(black if model == "black" else {})),
         batch_size=args.batch_size, n_importance_samples=args.K_train,
         n_eval_samples=args.K_eval, learning_rate=args.learning_rate,
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,

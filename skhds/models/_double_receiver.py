@@ -1,5 +1,8 @@
 """The double-receiver biosensor models of the VI-HDS study (white box and black box)."""
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -13,6 +16,7 @@ __all__ = ["DoubleReceiver", "DoubleReceiverBlackBox"]
 _SIGNALS = ("OD", "mRFP1", "EYFP", "ECFP")
 # Gaussian noise per signal with precision ~ LogNormal(8, 2), i.e. sd ~ LogNormal(-4, 1).
 _NOISE_PRIOR = LogNormal(-4.0, 1.0)
+_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 def _safe_pow(base, exponent):
@@ -171,8 +175,8 @@ class DoubleReceiverBlackBox(ODEModel):
     r"""Black-box double receiver: a neural right-hand side with individual latents.
 
     Six states: ``s0`` (cell density), ``s1..s3`` (per-cell fluorescence of the
-    three reporters) and two latent species. With ``h = tanh(W [s, z, log(1+c),
-    e_R, e_S] + b)``,
+    three reporters) and two latent species. With ``h = act(W [s, z, log(1+c),
+    e_R, e_S] + b)`` (``act`` = ``tanh`` or ``relu``),
 
     .. math:: \dot s = \sigma(W_a h + b_a) - \sigma(W_d h + b_d) \odot s,
 
@@ -197,26 +201,38 @@ class DoubleReceiverBlackBox(ODEModel):
         by all wells; ``level="individual"`` for a noise level per well (see
         :class:`DoubleReceiver`).
     noise_states : bool, default=False
-        Time-varying noise: four more states ``v`` (one per signal, starting
-        at 1) with their own network, ``dv/dt = sigma(W_va h_v + b) -
-        sigma(W_vd h_v + b) v`` with ``h_v = tanh(W_v [s, v, z, log(1+c), e_R,
-        e_S] + b_v)``, multiply the noise variance of their signal: the noise
-        sd at time ``t`` is the noise model's sd times ``sqrt(v(t))``
-        (:meth:`observe_noise_scale`). ``v`` stays positive (its decay is
-        proportional to it), and it starts at 1, where the noise model's own
-        scale applies. (The paper's code read such a state as the variance
-        itself, or as a precision starting at 1e-5; read as a precision, it
-        caps the likelihood.)
+        Time-varying noise: four more states ``v`` (one per signal) with their
+        own network, ``dv/dt = sigma(W_va h_v + b) - sigma(W_vd h_v + b) v``
+        with ``h_v = act(W_v [s, v, z, log(1+c), e_R, e_S] + b_v)``, multiply
+        the noise variance of their signal: the noise sd at time ``t`` is the
+        noise model's sd times ``sqrt(v(t))`` (:meth:`observe_noise_scale`).
+        ``v`` stays positive (its decay is proportional to it). (The paper's
+        code read such a state as the variance itself, or as a precision
+        starting at 1e-5; read as a precision, it caps the likelihood.)
+    noise_start : float, default=1.0
+        Initial value of the noise states ``v(0)``, one per signal, learned
+        (on the log scale) with the networks from this value. The production
+        rate of ``v`` is below 1 per hour, so ``v`` can rise at most to
+        ``v(0) + t``: a small start lets the noise grow many times over the
+        time course. On the double-receiver data, 0.001 trained much faster
+        than 1 (benchmarks/README.md).
+    hidden_activation : {"tanh", "relu"}, default="tanh"
+        Activation of the hidden layers (the paper's later code used ReLU,
+        which trained much faster on the double-receiver data:
+        benchmarks/README.md).
     """
 
-    noise_states = False  # class default: models pickled before the option
+    # class defaults: models pickled before these options
+    noise_states = False
+    noise_start = 1.0
+    hidden_activation = "tanh"
 
     observables = _SIGNALS
     inputs = ("C6", "C12")
     factors = ("luxR_rbs", "lasR_rbs")
 
     def __init__(self, n_latent=5, n_hidden=25, n_latent_species=2, x0=0.002, noise=None,
-                 noise_states=False):
+                 noise_states=False, noise_start=1.0, hidden_activation="tanh"):
         super().__init__()
         self.n_latent = n_latent
         self.n_hidden = n_hidden
@@ -224,6 +240,14 @@ class DoubleReceiverBlackBox(ODEModel):
         self.x0 = x0
         self.noise = noise if noise is not None else Gaussian(_NOISE_PRIOR)
         self.noise_states = bool(noise_states)
+        if isinstance(noise_start, bool) or not isinstance(noise_start, numbers.Real) \
+                or not (0 < noise_start < math.inf):
+            raise ValueError(f"noise_start must be a positive finite number, got {noise_start!r}.")
+        self.noise_start = noise_start
+        if hidden_activation not in _ACTIVATIONS:
+            raise ValueError(f"hidden_activation must be one of {sorted(_ACTIVATIONS)}, "
+                             f"got {hidden_activation!r}.")
+        self.hidden_activation = hidden_activation
         n_states = 4 + n_latent_species
         n_cond = n_latent + 2 + 2
         self.states = tuple(f"s{i}" for i in range(n_states))
@@ -236,6 +260,7 @@ class DoubleReceiverBlackBox(ODEModel):
             self.noise_hidden = nn.Linear(n_states + n_obs + n_cond, n_hidden)
             self.noise_activation = nn.Linear(n_hidden, n_obs)
             self.noise_degradation = nn.Linear(n_hidden, n_obs)
+            self.noise_log_start = nn.Parameter(torch.full((n_obs,), math.log(noise_start)))
 
     @property
     def _n_species(self):
@@ -252,11 +277,19 @@ class DoubleReceiverBlackBox(ODEModel):
         ]
         return params
 
+    def _act(self, h):
+        """The hidden layers' activation."""
+        return _ACTIVATIONS[self.hidden_activation](h)
+
     def initial_state(self, params, inputs):
-        """``s0 = x0``, the noise states (if any) 1, everything else 0."""
+        """``s0 = x0``, the noise states (if any) their learned start, everything else 0."""
         x0 = _density_only(params["eR"], self._n_species, self.x0)
         if self.noise_states:
-            x0 = torch.nn.functional.pad(x0, (0, len(_SIGNALS)), value=1.0)
+            start = getattr(self, "noise_log_start", None)  # None: pickled before the option
+            if start is None:
+                return torch.nn.functional.pad(x0, (0, len(_SIGNALS)), value=1.0)
+            v0 = start.exp().to(x0).expand(x0.shape[:-1] + (len(_SIGNALS),))
+            x0 = torch.cat([x0, v0], -1)
         return x0
 
     def derived(self, params, inputs):
@@ -293,7 +326,7 @@ class DoubleReceiverBlackBox(ODEModel):
         """Neural production/degradation dynamics: ``sigmoid(W_a h + b_a) - sigmoid(W_d h + b_d) s``."""
         p = params
         s = x[..., : self._n_species] if self.noise_states else x
-        h = torch.tanh(p["nn_hidden_const"] + nn.functional.linear(s, p["nn_hidden_state"]))
+        h = self._act(p["nn_hidden_const"] + nn.functional.linear(s, p["nn_hidden_state"]))
         rates = torch.sigmoid(nn.functional.linear(h, p["nn_out_weight"], p["nn_out_bias"]))
         production, degradation = rates.chunk(2, dim=-1)
         ds = torch.addcmul(production, degradation, s, value=-1.0)
@@ -301,7 +334,7 @@ class DoubleReceiverBlackBox(ODEModel):
             return ds
         # the noise states: the same form, their own network, which sees every state
         v = x[..., self._n_species :]
-        hv = torch.tanh(p["nn_noise_hidden_const"] + nn.functional.linear(x, p["nn_noise_hidden_state"]))
+        hv = self._act(p["nn_noise_hidden_const"] + nn.functional.linear(x, p["nn_noise_hidden_state"]))
         rates_v = torch.sigmoid(nn.functional.linear(hv, p["nn_noise_out_weight"], p["nn_noise_out_bias"]))
         production_v, degradation_v = rates_v.chunk(2, dim=-1)
         return torch.cat([ds, torch.addcmul(production_v, degradation_v, v, value=-1.0)], -1)

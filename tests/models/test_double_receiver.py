@@ -7,6 +7,8 @@ black box against a numpy evaluation of its network, and both models through
 one training epoch on a few wells of the real plate-reader data.
 """
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -407,7 +409,8 @@ def _np_black_box_rhs(model, x, p, c6, c12):
     cond = [p[f"z{i}"] for i in range(model.n_latent)]
     cond += [np.broadcast_to(np.log1p(c6), (S, K)), np.broadcast_to(np.log1p(c12), (S, K)), p["eR"], p["eS"]]
     inp = np.concatenate([x, np.stack(cond, -1)], -1)
-    h = np.tanh(inp @ W["hidden"].T + b["hidden"])
+    act = np.tanh if model.hidden_activation == "tanh" else (lambda a: np.maximum(a, 0.0))
+    h = act(inp @ W["hidden"].T + b["hidden"])
     prod = _np_sigmoid(h @ W["activation"].T + b["activation"])
     deg = _np_sigmoid(h @ W["degradation"].T + b["degradation"])
     return prod - deg * x, prod
@@ -490,13 +493,49 @@ def test_black_box_noise_states():
     assert old.noise_states is False and old.observe_noise_scale(xt[..., :6], {}, {}) is None
 
 
+def test_black_box_relu_and_learned_noise_start():
+    torch.manual_seed(0)
+    model = DoubleReceiverBlackBox(n_hidden=9, hidden_activation="relu").to(F64)
+    p, x = _black_box_problem(model, 3)
+    tp = {k: torch.as_tensor(v) for k, v in p.items()}
+    inputs = {"C6": torch.as_tensor(C6).reshape(-1, 1), "C12": torch.as_tensor(C12).reshape(-1, 1)}
+    t = torch.zeros(1, 1, dtype=F64)
+    out = model.rhs(t, torch.as_tensor(x), model.with_derived(tp, inputs), inputs)
+    ref, _ = _np_black_box_rhs(model, x, p, C6[:, None], C12[:, None])
+    np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    tanh, _ = _np_black_box_rhs(DoubleReceiverBlackBox(n_hidden=9).to(F64), x, p, C6[:, None], C12[:, None])
+    assert not np.allclose(ref, tanh)  # the test tells the activations apart
+    # the noise states start at noise_start, a parameter trained with the networks
+    model = DoubleReceiverBlackBox(n_hidden=5, noise_states=True, noise_start=1e-3).to(F64)
+    x0 = model.initial_state(tp, inputs)
+    np.testing.assert_allclose(x0[..., 6:].detach().numpy(), 1e-3)
+    assert x0[..., 0].eq(0.002).all() and x0[..., 1:6].eq(0).all()
+    assert "noise_log_start" in dict(model.named_parameters())
+    x0[..., 6:].sum().backward()
+    np.testing.assert_allclose(model.noise_log_start.grad.numpy(), 1e-3)  # d exp(u) / du
+    # without noise states there is no such parameter; a model pickled before the option starts at 1
+    assert not hasattr(DoubleReceiverBlackBox(noise_start=0.5), "noise_log_start")
+    old = DoubleReceiverBlackBox(n_hidden=5, noise_states=True, noise_start=1e-3)
+    del old.noise_log_start
+    assert old.initial_state(tp, inputs)[..., 6:].eq(1).all()
+    for bad in (0.0, -1.0, math.inf, True, "1"):
+        with pytest.raises(ValueError, match="noise_start"):
+            DoubleReceiverBlackBox(noise_start=bad)
+    with pytest.raises(ValueError, match="hidden_activation"):
+        DoubleReceiverBlackBox(hidden_activation="sigmoid")
+    # clone keeps the options
+    new = clone(DoubleReceiverBlackBox(noise_states=True, noise_start=1e-3, hidden_activation="relu"))
+    assert new.noise_start == 1e-3 and new.hidden_activation == "relu"
+
+
 def test_black_box_get_params_and_clone():
     torch.manual_seed(0)
     model = DoubleReceiverBlackBox(n_latent=3, n_hidden=7, n_latent_species=1, x0=0.01)
     params = model.get_params(deep=False)
     assert params["n_latent"] == 3 and params["n_hidden"] == 7
     assert params["n_latent_species"] == 1 and params["x0"] == 0.01
-    assert set(params) == {"n_latent", "n_hidden", "n_latent_species", "x0", "noise", "noise_states"}
+    assert set(params) == {"n_latent", "n_hidden", "n_latent_species", "x0", "noise", "noise_states",
+                           "noise_start", "hidden_activation"}
     new = clone(model)
     assert type(new) is DoubleReceiverBlackBox
     assert new.get_params(deep=False)["n_hidden"] == 7
