@@ -648,33 +648,38 @@ def test_white_box_one_epoch_on_real_data(data_home, one_thread):
     assert np.isfinite(est.score(X, groups=groups, inputs=inputs, times=times))
 
 
-def test_black_box_with_noise_states_trains_on_real_data(data_home, one_thread):
+@pytest.mark.parametrize("options", [{}, {"noise_start": 0.01, "hidden_activation": "relu"}])
+def test_black_box_with_noise_states_trains_on_real_data(data_home, one_thread, options):
     X, groups, inputs, times = _real_subset(data_home)
     torch.manual_seed(0)
-    model = DoubleReceiverBlackBox(n_hidden=6, noise_states=True)
+    model = DoubleReceiverBlackBox(n_hidden=6, noise_states=True, **options)
     est = HierarchicalODEVAE(model, n_importance_samples=4, n_eval_samples=8, batch_size=12,
                              random_state=0, training_refinement=1)
     est.partial_fit(X, groups=groups, inputs=inputs, times=times)
     assert np.isfinite(est.loss_curve_).all() and est.history_["skipped_steps"].iloc[0] == 0
     # the noise network is part of the model and trained with it
     init = model.state_dict()
-    for key in ("noise_hidden.weight", "noise_activation.weight", "noise_degradation.bias"):
+    for key in ("noise_hidden.weight", "noise_activation.weight", "noise_degradation.bias",
+                "noise_log_start"):
         assert not torch.allclose(est.model_.state_dict()[key], init[key]), key
-    # at t = 0 every sample starts from the same state and v = 1: the predictive sd there
-    # is the noise model's own sd
+    # at t = 0 every sample starts from the same state, with v at its learned start: the
+    # predictive sd there is the noise model's own sd times sqrt(v(0))
+    v0 = est.model_.noise_log_start.detach().exp().numpy()
+    np.testing.assert_allclose(v0, options.get("noise_start", 1.0), rtol=0.2)  # moved, not far
     pred, std = est.predict(X, groups=groups, inputs=inputs, times=times, return_std=True)
     assert np.isfinite(pred).all() and np.isfinite(std).all()
     sigma = est.summary_.set_index("parameter").loc[[f"sigma_{o}" for o in SIGNALS], "mean"].to_numpy()
-    np.testing.assert_allclose(std[:, :, 0].mean(0), sigma, rtol=0.1)  # measured within 2.5%
+    np.testing.assert_allclose(std[:, :, 0].mean(0), sigma * np.sqrt(v0), rtol=0.1)  # measured within 2.5%
     assert np.isfinite(est.score(X, groups=groups, inputs=inputs, times=times))
 
 
-def test_black_box_noise_states_scale_simulated_noise():
+@pytest.mark.parametrize("v_start", [1.0, 0.25])
+def test_black_box_noise_states_scale_simulated_noise(v_start):
     # With the noise network's weights zero, dv/dt = a - d v with a = sigmoid(b_a) and
-    # d = sigmoid(b_d): v(t) = a/d + (1 - a/d) exp(-d t), and simulated residuals have the
+    # d = sigmoid(b_d): v(t) = a/d + (v(0) - a/d) exp(-d t), and simulated residuals have the
     # sd sigma sqrt(v(t))
     torch.manual_seed(0)
-    model = DoubleReceiverBlackBox(n_hidden=4, noise_states=True)
+    model = DoubleReceiverBlackBox(n_hidden=4, noise_states=True, noise_start=v_start)
     with torch.no_grad():
         for layer in (model.noise_activation, model.noise_degradation):
             layer.weight.zero_()
@@ -683,7 +688,7 @@ def test_black_box_noise_states_scale_simulated_noise():
     a = 1 / (1 + np.exp(-np.array([2.0, 1.0, 0.0, -1.0])))
     d = 1 / (1 + np.exp(1.0))
     times = np.linspace(0.0, 10.0, 11)
-    v = a[:, None] / d + (1 - a[:, None] / d) * np.exp(-d * times)  # (4, T): from 1 up to 3.3
+    v = a[:, None] / d + (v_start - a[:, None] / d) * np.exp(-d * times)  # (4, T): up to 3.3
     sigma = 0.02
     data = simulate(model, times=times, groups=pd.DataFrame({"luxR_rbs": [0] * 2000, "lasR_rbs": [0] * 2000}),
                     inputs=np.zeros((2000, 2)), params={f"sigma_{o}": sigma for o in SIGNALS},
