@@ -1,11 +1,11 @@
 """The double-receiver biosensor models of the VI-HDS study (white box and black box)."""
 
 import math
-import numbers
 
 import torch
 from torch import nn
 
+from .._validation import check_positive_float
 from ..distributions import LogNormal, Normal
 from ._base import ODEModel
 from ._noise import Gaussian
@@ -240,10 +240,8 @@ class DoubleReceiverBlackBox(ODEModel):
         self.x0 = x0
         self.noise = noise if noise is not None else Gaussian(_NOISE_PRIOR)
         self.noise_states = bool(noise_states)
-        if isinstance(noise_start, bool) or not isinstance(noise_start, numbers.Real) \
-                or not (0 < noise_start < math.inf):
-            raise ValueError(f"noise_start must be a positive finite number, got {noise_start!r}.")
-        self.noise_start = noise_start
+        check_positive_float(noise_start, "noise_start")
+        self.noise_start = noise_start  # as given, for get_params and clone
         if hidden_activation not in _ACTIVATIONS:
             raise ValueError(f"hidden_activation must be one of {sorted(_ACTIVATIONS)}, "
                              f"got {hidden_activation!r}.")
@@ -286,10 +284,8 @@ class DoubleReceiverBlackBox(ODEModel):
         x0 = _density_only(params["eR"], self._n_species, self.x0)
         if self.noise_states:
             start = getattr(self, "noise_log_start", None)  # None: pickled before the option
-            if start is None:
-                return torch.nn.functional.pad(x0, (0, len(_SIGNALS)), value=1.0)
-            v0 = start.exp().to(x0).expand(x0.shape[:-1] + (len(_SIGNALS),))
-            x0 = torch.cat([x0, v0], -1)
+            v0 = x0.new_ones(len(_SIGNALS)) if start is None else start.exp().to(x0)
+            x0 = torch.cat([x0, v0.expand(x0.shape[:-1] + v0.shape)], -1)
         return x0
 
     def derived(self, params, inputs):

@@ -518,8 +518,11 @@ def test_black_box_relu_and_learned_noise_start():
     old = DoubleReceiverBlackBox(n_hidden=5, noise_states=True, noise_start=1e-3)
     del old.noise_log_start
     assert old.initial_state(tp, inputs)[..., 6:].eq(1).all()
-    for bad in (0.0, -1.0, math.inf, True, "1"):
+    for bad in (0.0, -1.0, math.inf):
         with pytest.raises(ValueError, match="noise_start"):
+            DoubleReceiverBlackBox(noise_start=bad)
+    for bad in (True, "1"):
+        with pytest.raises(TypeError, match="noise_start"):
             DoubleReceiverBlackBox(noise_start=bad)
     with pytest.raises(ValueError, match="hidden_activation"):
         DoubleReceiverBlackBox(hidden_activation="sigmoid")
