@@ -147,6 +147,9 @@ def parse_args(argv=None):
                          "(noise_start=...)), learned from there")
     ap.add_argument("--hidden-activation", choices=["tanh", "relu"], default="tanh",
                     help="the black box's hidden activation (DoubleReceiverBlackBox(hidden_activation=...))")
+    ap.add_argument("--n-hidden", type=int, default=25,
+                    help="the black box's hidden width (DoubleReceiverBlackBox(n_hidden=...); the "
+                         "paper's code used 50)")
     ap.add_argument("--compile-solver", action="store_true",
                     help="compile_solver=True (compiled solver steps; compile time is training time)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the estimators")
@@ -173,7 +176,8 @@ def settings(args):
     keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
             "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
             "time_budget", "training_refinement", "lr_schedule", "eval_refine", "compile_solver",
-            "noise_level", "noise", "noise_states", "noise_start", "hidden_activation", "device"]
+            "noise_level", "noise", "noise_states", "noise_start", "hidden_activation", "n_hidden",
+            "device"]
     out = {k: getattr(args, k) for k in keys}
     out["time_budget"] = None if math.isinf(args.time_budget) else args.time_budget  # valid JSON
     return out
@@ -252,7 +256,7 @@ def make_noise(args):
 
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
-    black = {"hidden_activation": args.hidden_activation}
+    black = {"hidden_activation": args.hidden_activation, "n_hidden": args.n_hidden}
     if args.noise_states:
         black.update(noise_states=True, noise_start=args.noise_start)
     return HierarchicalODEVAE(

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from .._validation import check_positive_float
+from .._validation import check_positive_float, check_positive_int
 from ..distributions import LogNormal, Normal
 from ._base import ODEModel
 from ._noise import Gaussian
@@ -191,7 +191,10 @@ class DoubleReceiverBlackBox(ODEModel):
     n_latent : int, default=5
         Individual latent variables.
     n_hidden : int, default=25
-        Width of the hidden layer.
+        Width of the hidden layers. The paper's code used 50, which scored
+        higher on held-out double-receiver wells than 25 on all four folds
+        (with ``noise_states=True, noise_start=0.001, hidden_activation="relu"``;
+        benchmarks/README.md, "A wider hidden layer").
     n_latent_species : int, default=2
         Unobserved species in the state.
     x0 : float, default=0.002
@@ -234,9 +237,9 @@ class DoubleReceiverBlackBox(ODEModel):
     def __init__(self, n_latent=5, n_hidden=25, n_latent_species=2, x0=0.002, noise=None,
                  noise_states=False, noise_start=1.0, hidden_activation="tanh"):
         super().__init__()
-        self.n_latent = n_latent
-        self.n_hidden = n_hidden
-        self.n_latent_species = n_latent_species
+        self.n_latent = check_positive_int(n_latent, "n_latent")
+        self.n_hidden = check_positive_int(n_hidden, "n_hidden")
+        self.n_latent_species = check_positive_int(n_latent_species, "n_latent_species", minimum=0)
         self.x0 = x0
         self.noise = noise if noise is not None else Gaussian(_NOISE_PRIOR)
         self.noise_states = bool(noise_states)

@@ -526,6 +526,13 @@ def test_black_box_relu_and_learned_noise_start():
             DoubleReceiverBlackBox(noise_start=bad)
     with pytest.raises(ValueError, match="hidden_activation"):
         DoubleReceiverBlackBox(hidden_activation="sigmoid")
+    # the sizes: a clear error naming the argument, not one from deep inside torch
+    for name, bad, error in (("n_hidden", 0, ValueError), ("n_hidden", 2.5, TypeError),
+                             ("n_latent", 0, ValueError), ("n_latent_species", -1, ValueError),
+                             ("n_latent_species", True, TypeError)):
+        with pytest.raises(error, match=name):
+            DoubleReceiverBlackBox(**{name: bad})
+    assert DoubleReceiverBlackBox(n_latent_species=0).states == ("s0", "s1", "s2", "s3")
     # clone keeps the options
     new = clone(DoubleReceiverBlackBox(noise_states=True, noise_start=1e-3, hidden_activation="relu"))
     assert new.noise_start == 1e-3 and new.hidden_activation == "relu"
