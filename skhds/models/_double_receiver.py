@@ -237,7 +237,7 @@ class DoubleReceiverBlackBox(ODEModel):
     def __init__(self, n_latent=5, n_hidden=25, n_latent_species=2, x0=0.002, noise=None,
                  noise_states=False, noise_start=1.0, hidden_activation="tanh"):
         super().__init__()
-        self.n_latent = check_positive_int(n_latent, "n_latent")
+        self.n_latent = check_positive_int(n_latent, "n_latent", minimum=0)
         self.n_hidden = check_positive_int(n_hidden, "n_hidden")
         self.n_latent_species = check_positive_int(n_latent_species, "n_latent_species", minimum=0)
         self.x0 = x0

@@ -526,16 +526,22 @@ def test_black_box_relu_and_learned_noise_start():
             DoubleReceiverBlackBox(noise_start=bad)
     with pytest.raises(ValueError, match="hidden_activation"):
         DoubleReceiverBlackBox(hidden_activation="sigmoid")
-    # the sizes: a clear error naming the argument, not one from deep inside torch
-    for name, bad, error in (("n_hidden", 0, ValueError), ("n_hidden", 2.5, TypeError),
-                             ("n_latent", 0, ValueError), ("n_latent_species", -1, ValueError),
-                             ("n_latent_species", True, TypeError)):
-        with pytest.raises(error, match=name):
-            DoubleReceiverBlackBox(**{name: bad})
-    assert DoubleReceiverBlackBox(n_latent_species=0).states == ("s0", "s1", "s2", "s3")
     # clone keeps the options
     new = clone(DoubleReceiverBlackBox(noise_states=True, noise_start=1e-3, hidden_activation="relu"))
     assert new.noise_start == 1e-3 and new.hidden_activation == "relu"
+
+
+def test_black_box_sizes_are_checked():
+    # a clear error naming the argument, not one from deep inside torch
+    for name, bad, error in (("n_hidden", 0, ValueError), ("n_hidden", 2.5, TypeError),
+                             ("n_latent", -1, ValueError), ("n_latent", "5", TypeError),
+                             ("n_latent_species", -1, ValueError), ("n_latent_species", True, TypeError)):
+        with pytest.raises(error, match=name):
+            DoubleReceiverBlackBox(**{name: bad})
+    # zero latents or zero latent species are valid models
+    assert DoubleReceiverBlackBox(n_latent_species=0).states == ("s0", "s1", "s2", "s3")
+    assert [s.name for s in DoubleReceiverBlackBox(n_latent=0).declare_parameters()] == ["eR", "eS"]
+    assert DoubleReceiverBlackBox(n_hidden=np.int64(7)).n_hidden == 7
 
 
 def test_black_box_get_params_and_clone():
