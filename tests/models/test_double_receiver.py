@@ -518,6 +518,13 @@ def test_black_box_relu_and_learned_noise_start():
     old = DoubleReceiverBlackBox(n_hidden=5, noise_states=True, noise_start=1e-3)
     del old.noise_log_start
     assert old.initial_state(tp, inputs)[..., 6:].eq(1).all()
+    # clone keeps the options
+    new = clone(DoubleReceiverBlackBox(noise_states=True, noise_start=1e-3, hidden_activation="relu"))
+    assert new.noise_start == 1e-3 and new.hidden_activation == "relu"
+
+
+def test_black_box_checks_its_arguments():
+    # a clear error naming the argument, not one from deep inside torch
     for bad in (0.0, -1.0, math.inf):
         with pytest.raises(ValueError, match="noise_start"):
             DoubleReceiverBlackBox(noise_start=bad)
@@ -526,13 +533,6 @@ def test_black_box_relu_and_learned_noise_start():
             DoubleReceiverBlackBox(noise_start=bad)
     with pytest.raises(ValueError, match="hidden_activation"):
         DoubleReceiverBlackBox(hidden_activation="sigmoid")
-    # clone keeps the options
-    new = clone(DoubleReceiverBlackBox(noise_states=True, noise_start=1e-3, hidden_activation="relu"))
-    assert new.noise_start == 1e-3 and new.hidden_activation == "relu"
-
-
-def test_black_box_sizes_are_checked():
-    # a clear error naming the argument, not one from deep inside torch
     for name, bad, error in (("n_hidden", 0, ValueError), ("n_hidden", 2.5, TypeError),
                              ("n_latent", -1, ValueError), ("n_latent", "5", TypeError),
                              ("n_latent_species", -1, ValueError), ("n_latent_species", True, TypeError)):
