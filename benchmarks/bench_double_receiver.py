@@ -256,9 +256,9 @@ def make_noise(args):
 
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
-    black = {"hidden_activation": args.hidden_activation, "n_hidden": args.n_hidden}
-    if args.noise_states:
-        black.update(noise_states=True, noise_start=args.noise_start)
+    # every option explicit: the committed commands keep building the model they built
+    black = {"hidden_activation": args.hidden_activation, "n_hidden": args.n_hidden,
+             "noise_states": args.noise_states, "noise_start": args.noise_start}
     return HierarchicalODEVAE(
         MODELS[model](noise=make_noise(args), **(black if model == "black" else {})),
         batch_size=args.batch_size, n_importance_samples=args.K_train,
