@@ -139,9 +139,13 @@ def parse_args(argv=None):
                     help="Gaussian: one sd per signal (the issue's model); combined: additive "
                          "sd a plus proportional part b (sd = sqrt(a^2 + (b f)^2), b ~ "
                          "LogNormal(log 0.05, 1))")
+    # The black box's flags default to the model as first benchmarked, so that committed
+    # commands rebuild what they ran. DoubleReceiverBlackBox()'s own defaults are
+    # --noise-states --noise-start 0.001 --hidden-activation relu --n-hidden 50.
     ap.add_argument("--noise-states", action="store_true",
                     help="black box: time-varying noise from four neural noise states "
-                         "(DoubleReceiverBlackBox(noise_states=True))")
+                         "(DoubleReceiverBlackBox(noise_states=True), the model's default; "
+                         "without this flag: noise_states=False)")
     ap.add_argument("--noise-start", type=float, default=1.0,
                     help="initial value of the black box's noise states (DoubleReceiverBlackBox"
                          "(noise_start=...)), learned from there")
