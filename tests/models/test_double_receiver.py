@@ -502,7 +502,7 @@ def test_black_box_noise_states():
 
 def test_black_box_relu_and_learned_noise_start():
     torch.manual_seed(0)
-    model = DoubleReceiverBlackBox(n_hidden=9, noise_states=False).to(F64)
+    model = DoubleReceiverBlackBox(n_hidden=9, noise_states=False, hidden_activation="relu").to(F64)
     p, x = _black_box_problem(model, 3)
     tp = {k: torch.as_tensor(v) for k, v in p.items()}
     inputs = {"C6": torch.as_tensor(C6).reshape(-1, 1), "C12": torch.as_tensor(C12).reshape(-1, 1)}
