@@ -172,9 +172,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         a process compiles it (10-30 s, again for evaluation without
         gradients); after that, training minibatches of the double-receiver
         study ran about 1.7 times as fast, epochs with ``training_refinement``
-        about 1.4 times (benchmarks/README.md). Needs a C++
-        compiler; where compilation fails, the solver runs eagerly, with a
-        warning. Ignored on CUDA devices (see ``cuda_graphs``).
+        about 1.4 times (benchmarks/README.md). It can also be slower: epochs
+        of the default :class:`~skhds.models.DoubleReceiverBlackBox` (neural
+        right-hand side) took 2.2 times as long compiled, so time a few
+        epochs both ways. Needs a C++ compiler; where compilation fails, the
+        solver runs eagerly, with a warning. Ignored on CUDA devices (see
+        ``cuda_graphs``).
 
     Attributes
     ----------
