@@ -45,6 +45,7 @@ import importlib.util
 import json
 import platform
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -168,7 +169,7 @@ def training_step(dev, K, repeats, run, model="white", epochs=6):
     row = {"training_step": True, "model": model, "data": kind, "K": K, "series": 36}
     # the black box as first measured (the model's defaults before the double-receiver study)
     Model = (DoubleReceiver if model == "white" else
-             lambda: DoubleReceiverBlackBox(n_hidden=25, noise_states=False, hidden_activation="tanh"))
+             partial(DoubleReceiverBlackBox, n_hidden=25, noise_states=False, hidden_activation="tanh"))
 
     def estimator(graphs):
         return HierarchicalODEVAE(Model(), batch_size=36, n_importance_samples=K,

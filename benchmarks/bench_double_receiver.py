@@ -260,7 +260,7 @@ def make_noise(args):
 
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
-    # every option explicit: the committed commands keep building the model they built
+    # every option explicit (see parse_args: the flags default to the earlier model)
     black = {"hidden_activation": args.hidden_activation, "n_hidden": args.n_hidden,
              "noise_states": args.noise_states, "noise_start": args.noise_start}
     return HierarchicalODEVAE(

@@ -230,8 +230,8 @@ class DoubleReceiverBlackBox(ODEModel):
     paper's training settings: IWAE, 200 samples, a learning rate of 0.01
     and then 0.002 after 250 epochs): by epoch 300 in one of seven runs of
     three seeds, and by epoch 469 in all three runs trained that long
-    (benchmarks/README.md, "A wider hidden layer"). Before that study the defaults were
-    ``n_hidden=25, noise_states=False, noise_start=1.0,
+    (benchmarks/README.md, "A wider hidden layer"). Before that study the
+    defaults were ``n_hidden=25, noise_states=False, noise_start=1.0,
     hidden_activation="tanh"``: pass them to build the earlier model. Models
     pickled before the noise-state and activation options load as the
     models they were: without noise states, with tanh.
