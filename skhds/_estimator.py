@@ -174,8 +174,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         study ran about 1.7 times as fast, epochs with ``training_refinement``
         about 1.4 times (benchmarks/README.md). It can also be slower: epochs
         of the default :class:`~skhds.models.DoubleReceiverBlackBox` (neural
-        right-hand side) took 2.2 times as long compiled, so time a few
-        epochs both ways. Needs a C++ compiler; where compilation fails, the
+        right-hand side) took 2.2 times as long compiled (the generated code
+        vectorises along its few states, not along the trajectories), so time
+        a few epochs both ways. Needs a C++ compiler; where compilation fails, the
         solver runs eagerly, with a warning. Ignored on CUDA devices (see
         ``cuda_graphs``).
 
