@@ -176,8 +176,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         of the default :class:`~skhds.models.DoubleReceiverBlackBox` (neural
         right-hand side) took 2.2 times as long compiled (the generated code
         vectorises along its few states, not along the trajectories), so time
-        a few epochs both ways. Needs a C++ compiler; where compilation fails, the
-        solver runs eagerly, with a warning. Ignored on CUDA devices (see
+        a few epochs both ways. Needs a C++ compiler; where compilation fails,
+        the solver runs eagerly, with a warning. Ignored on CUDA devices (see
         ``cuda_graphs``).
 
     Attributes
