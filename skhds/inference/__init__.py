@@ -1,6 +1,11 @@
 """The importance-weighted bound, gradient estimators and importance-sampling diagnostics."""
 
-from ._adaptive import MultivariateStudentT, adaptive_importance_sampling, laplace_approximation
+from ._adaptive import (
+    MultivariateStudentT,
+    adaptive_importance_sampling,
+    laplace_approximation,
+    laplace_per_series,
+)
 from ._bound import (
     effective_sample_size,
     iwae_per_series,
@@ -15,6 +20,7 @@ __all__ = [
     "MultivariateStudentT",
     "adaptive_importance_sampling",
     "laplace_approximation",
+    "laplace_per_series",
     "effective_sample_size",
     "iwae_per_series",
     "log_normal",

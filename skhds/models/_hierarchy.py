@@ -261,6 +261,42 @@ class Hierarchy:
             out[s.name] = s.prior.bijector.forward(z[..., j])
         return out
 
+    def params_per_series(self, g, z, codes, factor_index):
+        """Model parameters and ``log p(z | g) + log p(g)`` for global latents drawn per series.
+
+        For the evidence of a series under the prior of everything (see
+        ``HierarchicalODEVAE.score_samples(include_global="adapted")``), where
+        every series and sample has its own global latents. A level unseen in
+        training takes the first level's slot: under the prior every slot is
+        a draw from the group distribution, so the integral is the same.
+
+        Parameters
+        ----------
+        g : torch.Tensor of shape (S, M, n_global)
+        z : torch.Tensor of shape (S, M, n_individual)
+        codes : torch.Tensor of shape (S, n_factors), dtype long
+        factor_index : dict
+
+        Returns
+        -------
+        params : dict
+            Name -> tensor of shape ``(S, M)``.
+        log_prior : torch.Tensor of shape (S, M)
+        """
+        S, M = g.shape[:2]
+        out = {}
+        for s in self.population:
+            out[s.name] = s.prior.bijector.forward(g[..., self.pop_index[s.name]])
+        for s in self.group:
+            vals = self.group_values(g.reshape(S * M, -1), s).reshape(S, M, -1)
+            c = codes[:, factor_index[s.factor]].clamp(min=0).view(S, 1, 1).expand(S, M, 1)
+            out[s.name] = s.prior.bijector.forward(torch.gather(vals, 2, c).squeeze(-1))
+        for j, s in enumerate(self.individual):
+            out[s.name] = s.prior.bijector.forward(z[..., j])
+        mu, omega = self.individual_prior(g.reshape(S * M, -1))
+        log_pz = _log_normal(z, mu.reshape(S, M, -1), omega.reshape(S, M, -1)).sum(-1)
+        return out, log_pz + self.log_prior(g.reshape(S * M, -1)).reshape(S, M)
+
     def describe_global(self, g):
         """Named, interpretable global quantities from latent draws (numpy).
 

@@ -359,3 +359,23 @@ def test_describe_global_fixed():
     assert set(out) == {"a", "sigma_x", "k", "c"}
     assert out["a"].shape == (4,) and out["k"].shape == (4, 3) and out["c"].shape == (4, 2)
     np.testing.assert_allclose(out["k"], np.exp(g.detach().numpy()[:, 2:5]))
+
+
+@pytest.mark.parametrize("random_effects", ["learned", "fixed"])
+def test_params_per_series_agrees_with_shared_draws_and_keeps_series_apart(random_effects):
+    """Global latents of their own per series: each series gets what ``params`` gives it
+    for its own draws, and ``log p(z | g) + log p(g)`` per series and point."""
+    hier = _hierarchy(random_effects)
+    S, M = 4, 3
+    g = torch.stack([_random_g(hier, M, seed=10 + i) for i in range(S)])  # (S, M, D)
+    z = torch.randn((S, M, 2), generator=torch.Generator().manual_seed(3), dtype=DT)
+    codes = torch.tensor([[0, 1], [2, 0], [1, 1], [-1, 0]])  # the last: an unseen strain
+    out, log_prior = hier.params_per_series(g, z, codes, FACTOR_INDEX)
+    assert log_prior.shape == (S, M)
+    for i in range(S):
+        # an unseen level takes the first slot: under the prior every slot is a level's draw
+        own = hier.params(g[i], z[i:i + 1], codes[i:i + 1].clamp(min=0), FACTOR_INDEX)
+        for name, value in own.items():
+            torch.testing.assert_close(out[name][i], value.expand(1, M)[0], rtol=1e-14, atol=0)
+        expected = hier.individual_log_prior(g[i], z[i:i + 1])[0] + hier.log_prior(g[i])
+        torch.testing.assert_close(log_prior[i], expected, rtol=1e-14, atol=1e-12)
