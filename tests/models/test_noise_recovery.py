@@ -74,15 +74,28 @@ def _outlier_data():
     return data
 
 
-def _fit(data, noise, case):
+# Restarts (optimiser seeds 0, 1, ...) for fits whose single run is not reliable; the
+# restart with the best training score is kept, as a user would. Student-t on the data
+# with outliers: seed 0 ended with sigma at 1.54 x the truth and training score 14.3 on
+# the current CI host (1 thread), seeds 1-3 at 1.22-1.24 x and 16.8 (seed 1); on an
+# earlier host seed 0 gave 1.26 x.
+RESTARTS = {("outliers", "student"): 2}
+
+
+def _fit(data, noise, case, restarts=1):
     fit = {**FIT, "max_iter": FIRST_STAGE_EPOCHS.get(case, FIT["max_iter"])}
-    est = HierarchicalODEVAE(_model(noise), **fit)
     kw = dict(groups=data.groups[TRAIN], times=TIMES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # fixed budget on purpose
-        est.fit(data.X[TRAIN], **kw)
-        est.set_params(**ANNEAL).fit(data.X[TRAIN], **kw)
-    return est
+    best, best_score = None, -np.inf
+    for seed in range(restarts):
+        est = HierarchicalODEVAE(_model(noise), **{**fit, "random_state": seed})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # fixed budget on purpose
+            est.fit(data.X[TRAIN], **kw)
+            est.set_params(**ANNEAL).fit(data.X[TRAIN], **kw)
+        score = est.score(data.X[TRAIN], **kw) if restarts > 1 else 0.0
+        if score > best_score:
+            best, best_score = est, score
+    return best
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +107,8 @@ def fits():
         key = (data_case, model_case)
         if key not in cache:
             data = _outlier_data() if data_case == "outliers" else _data(data_case)
-            cache[key] = (data, _fit(data, CASES[model_case][0](), model_case))
+            cache[key] = (data, _fit(data, CASES[model_case][0](), model_case,
+                                     RESTARTS.get(key, 1)))
         return cache[key]
 
     return get
@@ -206,7 +220,8 @@ def test_student_t_beats_gaussian_on_heavy_tailed_data_with_outliers(fits):
     assert s_right > s_wrong + 2.0, (s_right, s_wrong)
     # The robust likelihood is not pulled by the outliers: its scale stays near the true
     # 0.05 while the Gaussian sd more than doubles to absorb them (measured 0.063 and
-    # 0.064 against 0.130 and 0.128 at estimator seeds 0 and 3).
+    # 0.064 against 0.130 and 0.128 at estimator seeds 0 and 3 on an earlier host; now the
+    # better of two restarts, 0.062 against 0.128).
     sigma = {name: est.summary_.set_index("parameter").loc["sigma_x", "mean"]
              for name, est in (("student", right), ("gaussian", wrong))}
     assert sigma["student"] < 1.5 * 0.05 and sigma["student"] < 0.65 * sigma["gaussian"], sigma
