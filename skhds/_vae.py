@@ -665,7 +665,7 @@ class HierarchicalVAE(torch.nn.Module):
             the largest prior scale of the latents): directions that the
             series does not curve, or curves the wrong way (not yet at a
             maximum), are at most as wide as the prior. On the
-            double-receiver study's wells a cap of 0.75-3 gave bounds 50-70
+            double-receiver study's wells a cap of 0.75-3 gave bounds 40-70
             nats/well higher than a cap of 6 (benchmarks/README.md).
 
         Returns
