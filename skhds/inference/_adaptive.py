@@ -151,9 +151,14 @@ def laplace_approximation(log_target, start, step, max_scale, max_iter=100):
     # Curvature that could not be measured (a finite-difference step into a
     # region where the target is not finite) counts as flat: capped below.
     precision = torch.nan_to_num(-0.5 * (hess + hess.T), nan=0.0, posinf=0.0, neginf=0.0)
-    evals, evecs = torch.linalg.eigh(precision)
-    evals = evals.clamp(min=1.0 / max_scale**2)
-    return mode, evecs @ torch.diag(1.0 / evals) @ evecs.T
+    return mode, _capped_inverse(*torch.linalg.eigh(precision), max_scale)
+
+
+def _capped_inverse(evals, evecs, max_scale):
+    """Inverse of a (batch of) precision matrix given by its eigendecomposition, with the
+    variance in every direction capped at ``max_scale**2``."""
+    inv = 1.0 / evals.clamp(min=1.0 / max_scale**2)
+    return evecs @ torch.diag_embed(inv) @ evecs.transpose(-1, -2)
 
 
 def _gradient_and_hessian(log_target, x, step):
@@ -223,9 +228,9 @@ def laplace_per_series(log_target, start, step, max_scale, n_iter=50, tol=1e-3):
     lam = torch.ones_like(f)
     active = torch.ones_like(f, dtype=torch.bool)
     evals, evecs = torch.linalg.eigh(prec)
+    g = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     for _ in range(n_iter):
         curv = evals.abs().clamp(min=floor) + lam.unsqueeze(-1)
-        g = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         delta = evecs @ ((evecs.transpose(1, 2) @ g.unsqueeze(-1)).squeeze(-1) / curv).unsqueeze(-1)
         trial = x + delta.squeeze(-1)
         with torch.no_grad():
@@ -238,20 +243,18 @@ def laplace_per_series(log_target, start, step, max_scale, n_iter=50, tol=1e-3):
             f = torch.where(better, f_new, f)
             grad = torch.where(better[:, None], grad_new, grad)
             prec = torch.where(better[:, None, None], prec_new, prec)
+            evals, evecs = torch.linalg.eigh(prec)
+            g = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         # Converged: at a maximum (all curvature negative) whose Newton step would
         # gain less than tol; given up: no step kept at any damping.
-        evals, evecs = torch.linalg.eigh(prec)
-        g = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         decrement = 0.5 * ((evecs.transpose(1, 2) @ g.unsqueeze(-1)).squeeze(-1) ** 2
                            / evals.abs().clamp(min=floor)).sum(-1)
         converged = (evals[:, 0] > 0) & (decrement < tol)
         active = active & ~converged & (lam < 1e10)
         if not bool(active.any()):
             break
-    evals, evecs = torch.linalg.eigh(prec)
-    evals = evals.clamp(min=floor)
-    cov = evecs @ torch.diag_embed(1.0 / evals) @ evecs.transpose(1, 2)
-    return x, cov, f
+    # evals, evecs: the eigendecomposition of the final prec (updated with it in the loop)
+    return x, _capped_inverse(evals, evecs, max_scale), f
 
 
 def adaptive_importance_sampling(log_target, proposal, n, generator, n_rounds=3, target_ess=0.25,
