@@ -23,6 +23,11 @@ steadier):
   ``q(g)`` as the proposal for the globals;
 - ``ref_adapted``: ``score_samples(include_global="adapted")``.
 
+With ``--diagnostics`` it also reports ``importance_diagnostics`` of the weights
+behind the reference-kind bound with ``q(g)`` and with adapted proposals (Kish
+effective sample size of the ``K`` weights and Pareto-k-hat per well; one more
+adapted evaluation, with the diagnostics' own seed).
+
 For the white box the evidence is a property of the model alone: it has no
 trained parts apart from the proposals (encoder and ``q(g)``), which here
 only choose where the per-well Newton iterations start.
@@ -65,6 +70,8 @@ def parse_args(argv=None):
                     help="as in the training run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="evaluation seeds of the adapted bound")
+    ap.add_argument("--diagnostics", action="store_true",
+                    help="also the ESS and Pareto-k of the reference-kind weights (q(g) and adapted)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True, help="CSV, one row per held-out well")
     return ap.parse_args(argv)
@@ -92,6 +99,13 @@ def main(argv=None):
         t0 = time.perf_counter()
         table[f"ref_adapted_seed{seed}"] = est.score_samples(X[test], **meta, include_global="adapted")
         seconds[f"ref_adapted_seed{seed}"] = time.perf_counter() - t0
+    if args.diagnostics:
+        for kind, name in ((True, "ref"), ("adapted", "ref_adapted")):
+            t0 = time.perf_counter()
+            diag = est.importance_diagnostics(X[test], **meta, include_global=kind)
+            table[f"ess_{name}"] = diag["ess"].to_numpy()
+            table[f"pareto_k_{name}"] = diag["pareto_k"].to_numpy()
+            seconds[f"diagnostics_{name}"] = time.perf_counter() - t0
     summary = {c: round(float(table[c].mean()), 1) for c in table.columns if c not in ("well", "device")}
     medians = {c: round(float(table[c].median()), 1) for c in summary}
     header = {

@@ -783,26 +783,38 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         for _, batch, local in self._proposals(data, gen, refine):
             yield self.vae_.evaluate(batch, K, gen, local=local, include_global=include_global)
 
-    def _score_data(self, data, K, salt=0, refine=0, include_global=False):
-        device, _ = self._device_dtype()
-        gen = self._generator(device, getattr(self, "_eval_seed", self._seed) + 31 * salt)
-        if include_global == "adapted":
-            return self._adapted_evidence(data, K, gen)
-        out = [iwae_per_series(res["log_w"]).cpu().numpy()
-               for res in self._evaluations(data, K, gen, refine, include_global)]
-        return np.concatenate(out)
+    def _log_weights(self, data, K, gen, refine=0, include_global=False):
+        """Log importance weights ``(S, K)`` of ``data``, chunk by chunk (no gradients).
 
-    def _adapted_evidence(self, data, K, gen):
-        """Per-series evidence with every latent proposed per series (float64 copy of the VAE)."""
+        ``include_global`` as in :meth:`score_samples`: False, True (the
+        reference implementation's per-series bound) or ``"adapted"`` (all
+        latents proposed per series).
+        """
+        if include_global == "adapted":
+            yield from self._adapted_log_weights(data, K, gen)
+            return
+        for res in self._evaluations(data, K, gen, refine, include_global):
+            yield res["log_w"]
+
+    def _adapted_log_weights(self, data, K, gen):
+        """Log weights of the per-series evidence with every latent proposed per series.
+
+        Computed on a float64 copy of the VAE (the proposals' curvature is
+        measured by finite differences), chunk by chunk.
+        """
         device, _ = self._device_dtype()
         vae = copy.deepcopy(self.vae_).to(torch.float64)
         vae.compile_solver = False
         vae.eval()
-        out = []
         for idx in self._chunks(data.n_series):
             batch = data.batch(idx, self.scaling_, self.dt, device, torch.float64)
-            res = vae.adapted_evidence(batch, K, gen)
-            out.append(iwae_per_series(res["log_w"]).cpu().numpy())
+            yield vae.adapted_evidence(batch, K, gen)["log_w"]
+
+    def _score_data(self, data, K, salt=0, refine=0, include_global=False):
+        device, _ = self._device_dtype()
+        gen = self._generator(device, getattr(self, "_eval_seed", self._seed) + 31 * salt)
+        out = [iwae_per_series(log_w).cpu().numpy()
+               for log_w in self._log_weights(data, K, gen, refine, include_global)]
         return np.concatenate(out)
 
     def score_samples(self, X, *, groups=None, inputs=None, times=None, refine=0,
@@ -859,16 +871,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             Importance-weighted estimate of ``log p(y_i | training data)`` per
             series (or the reference implementation's bound).
         """
-        refine = check_positive_int(refine, "refine", minimum=0)
-        if isinstance(include_global, str):
-            if include_global != "adapted":
-                raise ValueError('include_global must be True, False or "adapted", '
-                                 f"got {include_global!r}.")
-            if refine:
-                raise ValueError('refine must be 0 with include_global="adapted" (its proposals '
-                                 f"are fitted to each series anyway), got refine={refine}.")
-        else:
-            include_global = check_bool(include_global, "include_global")
+        refine, include_global = _check_evidence_kind(refine, include_global)
         data = self._prepare(X, groups, inputs, times, reset=False)
         return self._score_data(data, self.n_eval_samples, refine=refine,
                                 include_global=include_global)
@@ -1433,13 +1436,18 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         info = {"draws": g, "weights": w, "pareto_k": khat, "ess": ess}
         return g[used.to(device)], inv, chunks, info
 
-    def importance_diagnostics(self, X, *, groups=None, inputs=None, times=None, refine=0):
+    def importance_diagnostics(self, X, *, groups=None, inputs=None, times=None, refine=0,
+                               include_global=False):
         """Reliability of the importance weights of each series.
 
         Draws ``n_eval_samples`` importance samples per series (as
         :meth:`score_samples` and :meth:`predict` do) and reports the Kish
         effective sample size of their weights and the Pareto-k-hat of the
-        weights' upper tail (see :func:`~skhds.inference.pareto_k`).
+        weights' upper tail (see :func:`~skhds.inference.pareto_k`). With
+        ``include_global`` it diagnoses the weights of the per-series
+        evidence bound that :meth:`score_samples` computes with the same
+        argument (``True``: the global latents' prior and ``q(g)`` in every
+        series' weights; ``"adapted"``: all latents proposed per series).
 
         Flagged series (the encoder's proposal is far from the series'
         posterior: too few training series, a series unlike the training
@@ -1464,6 +1472,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             As in :meth:`fit`.
         refine : int, default=0
             Rounds of adaptation of the proposals first (see above).
+        include_global : bool or "adapted", default=False
+            Which weights to diagnose, as in :meth:`score_samples`
+            (``refine`` must be 0 with ``"adapted"``).
 
         Returns
         -------
@@ -1473,12 +1484,11 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             n_eval_samples``), ``pareto_k`` and ``flagged`` (``pareto_k >
             0.7``: the series' importance estimates are unreliable).
         """
-        refine = check_positive_int(refine, "refine", minimum=0)
+        refine, include_global = _check_evidence_kind(refine, include_global)
         data = self._prepare(X, groups, inputs, times, reset=False)
         gen = self._generator(self._device_dtype()[0], self._eval_seed + 4)
         ess, khat = [], []
-        for res in self._evaluations(data, self.n_eval_samples, gen, refine):
-            log_w = res["log_w"]
+        for log_w in self._log_weights(data, self.n_eval_samples, gen, refine, include_global):
             ess.append(effective_sample_size(log_w).cpu().numpy())
             khat.append(pareto_k(log_w.cpu().double().numpy()))
         ess = np.concatenate(ess).astype(np.float64) if ess else np.zeros(0)
@@ -1613,6 +1623,21 @@ def _scheduled_rate(base, schedule, n_done):
         if n_done >= epochs:
             rate = r
     return rate
+
+
+def _check_evidence_kind(refine, include_global):
+    """Validated ``refine`` and ``include_global`` of :meth:`HierarchicalODEVAE.score_samples`."""
+    refine = check_positive_int(refine, "refine", minimum=0)
+    if isinstance(include_global, str):
+        if include_global != "adapted":
+            raise ValueError('include_global must be True, False or "adapted", '
+                             f"got {include_global!r}.")
+        if refine:
+            raise ValueError('refine must be 0 with include_global="adapted" (its proposals '
+                             f"are fitted to each series anyway), got refine={refine}.")
+    else:
+        include_global = check_bool(include_global, "include_global")
+    return refine, include_global
 
 
 def _groups_or_y(groups, y):

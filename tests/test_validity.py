@@ -470,6 +470,21 @@ def test_adapted_reference_bound_is_tight_on_each_series_prior_marginal_likeliho
         est.score_samples(sim.X, times=times, include_global="adapted", refine=2)
 
 
+def test_importance_diagnostics_tell_the_adapted_evidence_weights_from_the_reference_ones(problem):
+    """``importance_diagnostics(include_global=...)`` diagnoses the weights behind each
+    evidence bound: with q(g) proposing the globals of one series (the reference bound)
+    the weights are degenerate, with proposals adapted to each series they are not
+    (measured: median ESS fraction 0.02 against 0.36, median Pareto-k 1.14 against
+    0.44, 30 against 2 of 30 series flagged), and the package's own weights are best."""
+    est, sim, times = problem
+    own, reference, adapted = (est.importance_diagnostics(sim.X, times=times, include_global=kind)
+                               for kind in (False, True, "adapted"))
+    assert reference["ess_fraction"].median() < 0.08 < 0.2 < adapted["ess_fraction"].median()
+    assert reference["pareto_k"].median() > 0.9 and adapted["pareto_k"].median() < 0.6
+    assert reference["flagged"].sum() >= 25 and adapted["flagged"].sum() <= 6
+    assert own["ess_fraction"].median() > 0.6 and not own["flagged"].any()
+
+
 def test_reported_monte_carlo_error_of_the_importance_posterior_matches_its_actual_error(problem):
     """Independent runs with few global draws against the exact posterior: the error of
     each run's posterior mean, divided by the Monte Carlo standard error it reports, is

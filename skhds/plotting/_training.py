@@ -48,7 +48,8 @@ def plot_training_curves(estimator):
     return fig
 
 
-def plot_importance_diagnostics(estimator, X, *, groups=None, inputs=None, times=None):
+def plot_importance_diagnostics(estimator, X, *, groups=None, inputs=None, times=None, refine=0,
+                                include_global=False):
     """Effective sample size fraction and Pareto-k of every series.
 
     Parameters
@@ -63,6 +64,10 @@ def plot_importance_diagnostics(estimator, X, *, groups=None, inputs=None, times
         Inputs, as in ``fit``.
     times : array-like of shape (n_times,) or (n_series, n_times), optional
         Observation times, as in ``fit``.
+    refine : int, default=0
+        Rounds of adaptation of the proposals, as in ``importance_diagnostics``.
+    include_global : bool or "adapted", default=False
+        Which weights to diagnose, as in ``importance_diagnostics``.
 
     Returns
     -------
@@ -72,7 +77,8 @@ def plot_importance_diagnostics(estimator, X, *, groups=None, inputs=None, times
         series are drawn in red, infinite values at the top of the axes.
         The values are those of :meth:`HierarchicalODEVAE.importance_diagnostics`.
     """
-    diag = estimator.importance_diagnostics(X, groups=groups, inputs=inputs, times=times)
+    diag = estimator.importance_diagnostics(X, groups=groups, inputs=inputs, times=times,
+                                            refine=refine, include_global=include_global)
     idx = np.arange(len(diag))
     flagged = diag["flagged"].to_numpy(dtype=bool)
     colors = np.where(flagged, "C3", "C0")

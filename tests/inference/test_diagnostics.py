@@ -1,5 +1,6 @@
 """Pareto-k-hat of importance weights and the estimator's importance diagnostics."""
 
+import copy
 import math
 import warnings
 
@@ -92,21 +93,43 @@ def test_importance_diagnostics_frame(fitted):
     pd.testing.assert_frame_equal(diag, again)
 
 
-def test_importance_diagnostics_match_weights(fitted):
+@pytest.mark.parametrize("include_global", [False, True, "adapted"])
+def test_importance_diagnostics_match_weights(fitted, include_global):
     est, data = fitted
-    diag = est.importance_diagnostics(data.X, groups=data.groups, times=data.times)
+    diag = est.importance_diagnostics(data.X, groups=data.groups, times=data.times,
+                                      include_global=include_global)
     # Recompute from the same seeded evaluation.
     prepared = est._prepare(data.X, data.groups, None, data.times, reset=False)
     device, dtype = est._device_dtype()
     gen = est._generator(device, est._eval_seed + 4)
+    vae = est.vae_
+    if include_global == "adapted":  # evaluated on a float64 copy
+        dtype = torch.float64
+        vae = copy.deepcopy(est.vae_).to(dtype)
     ess, khat = [], []
     for idx in est._chunks(prepared.n_series):
         batch = prepared.batch(idx, est.scaling_, est.dt, device, dtype)
-        log_w = est.vae_.evaluate(batch, est.n_eval_samples, gen)["log_w"]
+        if include_global == "adapted":
+            log_w = vae.adapted_evidence(batch, est.n_eval_samples, gen)["log_w"]
+        else:
+            log_w = vae.evaluate(batch, est.n_eval_samples, gen,
+                                 include_global=include_global)["log_w"]
         ess.append(effective_sample_size(log_w).numpy())
         khat.append(pareto_k(log_w.double().numpy()))
     np.testing.assert_allclose(diag["ess"], np.concatenate(ess), rtol=1e-6)
     np.testing.assert_allclose(diag["pareto_k"], np.concatenate(khat))
+
+
+def test_importance_diagnostics_check_include_global(fitted):
+    # what the diagnostics say of each kind of weights: tests/test_validity.py
+    est, data = fitted
+    kw = dict(groups=data.groups, times=data.times)
+    with pytest.raises(ValueError, match="include_global"):
+        est.importance_diagnostics(data.X, **kw, include_global="per-series")
+    with pytest.raises(TypeError, match="include_global"):
+        est.importance_diagnostics(data.X, **kw, include_global=1)
+    with pytest.raises(ValueError, match="refine"):
+        est.importance_diagnostics(data.X, **kw, include_global="adapted", refine=1)
 
 
 def test_importance_diagnostics_needs_fit():

@@ -147,6 +147,13 @@ def test_plot_importance_diagnostics(fitted):
     np.testing.assert_allclose(offsets[:, 1], diag["ess_fraction"], rtol=1e-6)
     assert sorted(ln.get_ydata()[0] for ln in k_ax.lines) == [0.5, 0.7]
     assert k_ax.get_ylabel() == "Pareto k"
+    # the weights of the reference bound, passed through
+    fig = plotting.plot_importance_diagnostics(est, data.X, groups=data.groups, times=data.times,
+                                               include_global=True)
+    ref = est.importance_diagnostics(data.X, groups=data.groups, times=data.times,
+                                     include_global=True)
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets()[:, 1],
+                               ref["ess_fraction"], rtol=1e-6)
 
 
 def test_plot_vpc(fitted):
