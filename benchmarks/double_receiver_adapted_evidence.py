@@ -7,9 +7,9 @@ bench_double_receiver.py). Any proposal gives a valid bound of that evidence.
 The reference's proposal for the globals, and the package's default, is the
 variational posterior ``q(g)`` fitted to all training wells together: a poor
 proposal for one well alone. ``score_samples(include_global="adapted")``
-proposes all latents of each well from the Laplace approximation of that
-well's joint posterior (Student-t tails), and so bounds the same evidence much
-more tightly.
+integrates the hyperparameters out exactly and proposes the rest of each
+well's latents from the Laplace approximation of that well's posterior
+(Student-t tails), and so bounds the same evidence much more tightly.
 
 This script scores the held-out wells of a saved estimator (written by
 ``bench_double_receiver.py --save-dir DIR``) three ways, with one or more

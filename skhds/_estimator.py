@@ -837,13 +837,18 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         (by about the KL divergence of ``q(g)`` from its prior, per series).
 
         With ``include_global="adapted"`` the same evidence is bounded with
-        proposals fitted to each series: the Laplace approximation of the
-        joint posterior of its individual and global latents given that
-        series alone (damped Newton iterations from the encoder's proposal and
-        the mean of ``q(g)``, curvature by finite differences, in float64),
-        with Student-t tails. Usually far tighter, and far costlier: about
-        ``2 * (n_global + n_individual) + 1`` simulations per series and
-        iteration, up to 50 iterations.
+        proposals fitted to each series. The hyperparameters (population
+        locations and spreads of individual and group parameters) and the
+        group values of levels other than the series' own are integrated out
+        exactly (analytically and by one-dimensional quadrature); the rest
+        (population latents, the series' own group values, its individual
+        latents) is proposed from the Laplace approximation of its posterior
+        given that series alone (damped Newton iterations from the encoder's
+        proposal and the mean of ``q(g)``, curvature by finite differences,
+        in float64), with Student-t tails. Usually far tighter, and far
+        costlier: about ``2 * D + 1`` simulations per series and iteration,
+        up to 50 iterations, for ``D`` population, group and individual
+        parameters.
 
         Parameters
         ----------

@@ -618,36 +618,39 @@ class HierarchicalVAE(torch.nn.Module):
         return self.log_weights(batch, K, g, generator, include_global=include_global, local=local,
                                 log_q_global=log_q_global)
 
-    def log_joint_per_series(self, batch, theta):
-        """``log p(y_i, z_i, g_i)`` with global latents of their own per series and point.
+    def log_joint_collapsed(self, batch, theta):
+        """``log p(y_i, theta_i)`` of each series with its hyperparameters integrated out.
 
         Parameters
         ----------
         batch : dict
-        theta : torch.Tensor of shape (S, M, n_global + n_individual)
-            Global latents followed by individual ones, ``M`` points per series.
+        theta : torch.Tensor of shape (S, M, n_collapsed)
+            Each series' population latents, its own level's value of each
+            group parameter and its individual latents, ``M`` points per
+            series (:meth:`~skhds.models.Hierarchy.collapsed_params`).
 
         Returns
         -------
         torch.Tensor of shape (S, M)
             NaN where a simulation is not finite.
         """
-        D = self.hierarchy.n_global
-        params, log_prior = self.hierarchy.params_per_series(
-            theta[..., :D], theta[..., D:], batch["codes"], self.factor_index)
+        params, log_prior = self.hierarchy.collapsed_params(theta, batch["codes"], self.factor_index)
         means, noise_scale = self.simulate(params, batch, theta.shape[1], return_noise_scale=True)
         return self.log_likelihood(means, batch, params, noise_scale) + log_prior
 
     def adapted_evidence(self, batch, K, generator, n_iter=50, df=5, max_scale=None):
-        """Log weights of the per-series evidence with every latent proposed per series.
+        """Log weights of the per-series evidence, its latents proposed per series.
 
         The target is ``p(y_i, z_i, g)`` for one series alone: the evidence
         ``log p(y_i)`` with the global latents integrated over their prior,
         which the reference implementation's per-series bound also bounds
-        (``include_global=True``). Here the proposal for ``(g, z_i)`` is the
-        Laplace approximation of that series' joint posterior, found by
-        :func:`~skhds.inference.laplace_per_series` from the mean of ``q(g)``
-        and the encoder's proposal, with Student-t tails.
+        (``include_global=True``). The hyperparameters, and the values of
+        group levels other than the series' own, are integrated out exactly
+        (:meth:`log_joint_collapsed`): they shape the prior of what the
+        series reads into funnels, which no Gaussian proposal follows. The
+        proposal for the rest is the Laplace approximation of that series'
+        posterior, found by :func:`~skhds.inference.laplace_per_series` from
+        the mean of ``q(g)`` and the encoder's proposal, with Student-t tails.
 
         Parameters
         ----------
@@ -681,11 +684,11 @@ class HierarchicalVAE(torch.nn.Module):
             g0 = self.q_global.loc.detach().to(dtype)
             loc, _, coupling = self.encode(batch)
             z0 = self._mean_at(loc, coupling, g0.unsqueeze(0)).to(dtype)
-        start = torch.cat([g0.expand(z0.shape[0], -1), z0], -1)
+            start = H.collapsed_point(g0, z0, batch["codes"], self.factor_index)
         step = torch.full((start.shape[-1],), 1e-4, dtype=dtype, device=start.device)
 
         def target(theta):
-            return self.log_joint_per_series(batch, theta)
+            return self.log_joint_collapsed(batch, theta)
 
         mode, cov, value = laplace_per_series(target, start, step, max_scale, n_iter=n_iter)
         proposal = MultivariateStudentT.from_moments(mode, cov, df=df)

@@ -458,10 +458,10 @@ def test_adapted_reference_bound_is_tight_on_each_series_prior_marginal_likeliho
     reference = est.score_samples(sim.X, times=times, include_global=True)
     assert adapted.shape == (N,) and np.isfinite(adapted).all()
     err = adapted - exact
-    # Monte Carlo error only (measured over four evaluation seeds: mean error -0.009 nats,
-    # sd 0.11 per series, extremes -0.30 and +0.42); the reference bound with q(g) as
-    # the proposal is 1.8 nats below on average
-    assert abs(err.mean()) < 0.06 and np.median(np.abs(err)) < 0.12 and np.abs(err).max() < 0.6
+    # Monte Carlo error only (measured over four evaluation seeds: mean error -0.003 nats,
+    # sd 0.08 per series, extremes -0.21 and +0.24; this seed: median |error| 0.04, largest
+    # 0.12); the reference bound with q(g) as the proposal is 1.8 nats below on average
+    assert abs(err.mean()) < 0.05 and np.median(np.abs(err)) < 0.1 and np.abs(err).max() < 0.4
     assert (exact - reference).mean() > 10 * abs(err.mean()) + 1.0
     # seeded: the same draws again
     np.testing.assert_array_equal(adapted, est.score_samples(sim.X, times=times,
@@ -474,14 +474,14 @@ def test_importance_diagnostics_tell_the_adapted_evidence_weights_from_the_refer
     """``importance_diagnostics(include_global=...)`` diagnoses the weights behind each
     evidence bound: with q(g) proposing the globals of one series (the reference bound)
     the weights are degenerate, with proposals adapted to each series they are not
-    (measured: median ESS fraction 0.02 against 0.36, median Pareto-k 1.14 against
-    0.44, 30 against 2 of 30 series flagged), and the package's own weights are best."""
+    (measured: median ESS fraction 0.02 against 0.46, median Pareto-k 1.14 against
+    0.37, 30 against 1 of 30 series flagged), and the package's own weights are best."""
     est, sim, times = problem
     own, reference, adapted = (est.importance_diagnostics(sim.X, times=times, include_global=kind)
                                for kind in (False, True, "adapted"))
     assert reference["ess_fraction"].median() < 0.08 < 0.2 < adapted["ess_fraction"].median()
     assert reference["pareto_k"].median() > 0.9 and adapted["pareto_k"].median() < 0.6
-    assert reference["flagged"].sum() >= 25 and adapted["flagged"].sum() <= 6
+    assert reference["flagged"].sum() >= 25 and adapted["flagged"].sum() <= 4
     assert own["ess_fraction"].median() > 0.6 and not own["flagged"].any()
 
 

@@ -56,6 +56,7 @@ class Hierarchy:
     def __init__(self, specs, n_levels, random_effects="learned", hyper_scale=0.5):
         self.specs = list(specs)
         self.random_effects = random_effects
+        self.hyper_scale = float(hyper_scale)
         self.learned = random_effects == "learned"
         self.population = [s for s in specs if s.level == "population"]
         self.group = [s for s in specs if s.level == "group"]
@@ -261,21 +262,69 @@ class Hierarchy:
             out[s.name] = s.prior.bijector.forward(z[..., j])
         return out
 
-    def params_per_series(self, g, z, codes, factor_index):
-        """Model parameters and ``log p(z | g) + log p(g)`` for global latents drawn per series.
+    # ------------------------------------------- the evidence of one series
+    @property
+    def n_collapsed(self):
+        """Dimension of one series' latents with the hyperparameters integrated out.
 
-        For the evidence of a series under the prior of everything (see
-        ``HierarchicalODEVAE.score_samples(include_global="adapted")``), where
-        every series and sample has its own global latents. A level unseen in
-        training takes the first level's slot: under the prior every slot is
-        a draw from the group distribution, so the integral is the same.
+        Population latents, one value per group parameter (the series'
+        level) and the individual latents; see :meth:`collapsed_params`.
+        """
+        return len(self.population) + len(self.group) + len(self.individual)
+
+    def collapsed_point(self, g, z, codes, factor_index):
+        """One series' collapsed latents at global latents ``g`` and individual ``z``.
 
         Parameters
         ----------
-        g : torch.Tensor of shape (S, M, n_global)
-        z : torch.Tensor of shape (S, M, n_individual)
+        g : torch.Tensor of shape (n_global,)
+        z : torch.Tensor of shape (S, n_individual)
         codes : torch.Tensor of shape (S, n_factors), dtype long
+            ``-1`` (a level unseen in training) takes the group's location.
         factor_index : dict
+
+        Returns
+        -------
+        torch.Tensor of shape (S, n_collapsed)
+        """
+        S = z.shape[0]
+        cols = [g[self.pop_index[s.name]].expand(S, 1) for s in self.population]
+        for s in self.group:
+            vals = self.group_values(g.unsqueeze(0), s)[0]  # (L,)
+            mu, _ = self.group_location_spread(g.unsqueeze(0), s)
+            c = codes[:, factor_index[s.factor]]
+            cols.append(torch.where(c >= 0, vals[c.clamp(min=0)], mu).unsqueeze(-1))
+        return torch.cat(cols + [z], -1)
+
+    def collapsed_params(self, theta, codes, factor_index, n_nodes=40):
+        """Model parameters and log prior of one series' collapsed latents.
+
+        For the evidence of a series under the prior of everything,
+        ``log p(y_i)`` (``HierarchicalODEVAE.score_samples(include_global=
+        "adapted")``), only what the series' likelihood reads needs
+        proposing: the population latents, its own level's value of each
+        group parameter, and its individual latents. The hyperparameters
+        (``mu`` and ``log omega`` of an individual parameter, ``mu`` and
+        ``log tau`` of a group parameter) and the other levels' values are
+        integrated out exactly: given ``omega`` a value's prior is
+        ``N(m, s^2 + omega^2)`` (``mu`` integrated analytically), and the
+        one-dimensional integral over ``log omega ~ N(log s, hyper_scale)``
+        is done by Gauss-Hermite quadrature; the other levels' values
+        integrate to one. With fixed random effects the value's prior is
+        ``N(m, s)`` itself. A level unseen in training is a draw from the
+        group distribution like any other, so its prior is the same.
+
+        Parameters
+        ----------
+        theta : torch.Tensor of shape (S, M, n_collapsed)
+            Population latents, group values, individual latents, ``M``
+            points per series (the layout of :meth:`collapsed_point`).
+        codes : torch.Tensor of shape (S, n_factors), dtype long
+            Unused for the values (each series has its own); kept for the
+            signature of the parameter maps.
+        factor_index : dict
+        n_nodes : int, default=40
+            Gauss-Hermite nodes of the integral over the spread.
 
         Returns
         -------
@@ -283,19 +332,31 @@ class Hierarchy:
             Name -> tensor of shape ``(S, M)``.
         log_prior : torch.Tensor of shape (S, M)
         """
-        S, M = g.shape[:2]
-        out = {}
+        out, k = {}, 0
+        log_prior = torch.zeros(theta.shape[:-1], dtype=theta.dtype, device=theta.device)
         for s in self.population:
-            out[s.name] = s.prior.bijector.forward(g[..., self.pop_index[s.name]])
-        for s in self.group:
-            vals = self.group_values(g.reshape(S * M, -1), s).reshape(S, M, -1)
-            c = codes[:, factor_index[s.factor]].clamp(min=0).view(S, 1, 1).expand(S, M, 1)
-            out[s.name] = s.prior.bijector.forward(torch.gather(vals, 2, c).squeeze(-1))
-        for j, s in enumerate(self.individual):
-            out[s.name] = s.prior.bijector.forward(z[..., j])
-        mu, omega = self.individual_prior(g.reshape(S * M, -1))
-        log_pz = _log_normal(z, mu.reshape(S, M, -1), omega.reshape(S, M, -1)).sum(-1)
-        return out, log_pz + self.log_prior(g.reshape(S * M, -1)).reshape(S, M)
+            i = self.pop_index[s.name]
+            u = theta[..., k]
+            out[s.name] = s.prior.bijector.forward(u)
+            log_prior = log_prior + _log_normal(u, self.prior_loc[i], self.prior_scale[i])
+            k += 1
+        for s in self.group + self.individual:
+            u = theta[..., k]
+            out[s.name] = s.prior.bijector.forward(u)
+            log_prior = log_prior + self._marginal_log_prior(u, s.prior.loc, s.prior.scale, n_nodes)
+            k += 1
+        return out, log_prior
+
+    def _marginal_log_prior(self, u, m, s, n_nodes):
+        """``log p(u)`` of one level's or series' value, its hyperparameters integrated out."""
+        if not self.learned:
+            return _log_normal(u, m, s)
+        nodes, weights = np.polynomial.hermite.hermgauss(n_nodes)
+        # log omega = log s + sqrt(2) hyper_scale t, for Gauss-Hermite nodes t
+        omega = s * np.exp(math.sqrt(2.0) * self.hyper_scale * nodes)
+        sd = torch.as_tensor(np.sqrt(s**2 + omega**2), dtype=u.dtype, device=u.device)
+        log_w = torch.as_tensor(np.log(weights / math.sqrt(math.pi)), dtype=u.dtype, device=u.device)
+        return torch.logsumexp(_log_normal(u.unsqueeze(-1), m, sd) + log_w, -1)
 
     def describe_global(self, g):
         """Named, interpretable global quantities from latent draws (numpy).

@@ -362,20 +362,51 @@ def test_describe_global_fixed():
 
 
 @pytest.mark.parametrize("random_effects", ["learned", "fixed"])
-def test_params_per_series_agrees_with_shared_draws_and_keeps_series_apart(random_effects):
-    """Global latents of their own per series: each series gets what ``params`` gives it
-    for its own draws, and ``log p(z | g) + log p(g)`` per series and point."""
+def test_collapsed_latents_map_to_the_parameters_of_each_series(random_effects):
+    """One series' collapsed latents (population latents, its own level's group values,
+    its individual latents) give the parameters that ``params`` gives at the same global
+    latents; an unseen level starts at the group's location."""
     hier = _hierarchy(random_effects)
-    S, M = 4, 3
-    g = torch.stack([_random_g(hier, M, seed=10 + i) for i in range(S)])  # (S, M, D)
-    z = torch.randn((S, M, 2), generator=torch.Generator().manual_seed(3), dtype=DT)
+    assert hier.n_collapsed == 2 + 2 + 2  # a, sigma_x; k, c; r, v
+    g = _random_g(hier, 1, seed=10)[0]
+    z = torch.randn((4, 2), generator=torch.Generator().manual_seed(3), dtype=DT)
     codes = torch.tensor([[0, 1], [2, 0], [1, 1], [-1, 0]])  # the last: an unseen strain
-    out, log_prior = hier.params_per_series(g, z, codes, FACTOR_INDEX)
-    assert log_prior.shape == (S, M)
-    for i in range(S):
-        # an unseen level takes the first slot: under the prior every slot is a level's draw
-        own = hier.params(g[i], z[i:i + 1], codes[i:i + 1].clamp(min=0), FACTOR_INDEX)
-        for name, value in own.items():
-            torch.testing.assert_close(out[name][i], value.expand(1, M)[0], rtol=1e-14, atol=0)
-        expected = hier.individual_log_prior(g[i], z[i:i + 1])[0] + hier.log_prior(g[i])
-        torch.testing.assert_close(log_prior[i], expected, rtol=1e-14, atol=1e-12)
+    theta = hier.collapsed_point(g, z, codes, FACTOR_INDEX)
+    assert theta.shape == (4, hier.n_collapsed)
+    out, log_prior = hier.collapsed_params(theta.unsqueeze(1).expand(4, 3, -1), codes, FACTOR_INDEX)
+    assert log_prior.shape == (4, 3) and torch.isfinite(log_prior).all()
+    own = hier.params(g.unsqueeze(0), z[:3].unsqueeze(1), codes[:3], FACTOR_INDEX)
+    for name, value in own.items():
+        torch.testing.assert_close(out[name][:3, 0], value.expand(3, 1)[:, 0], rtol=1e-14, atol=0)
+    mu_k, _ = hier.group_location_spread(g.unsqueeze(0), hier.group[0])
+    torch.testing.assert_close(out["k"][3, 0], torch.exp(mu_k[0]), rtol=1e-14, atol=0)
+
+
+def test_collapsed_prior_integrates_the_hyperparameters_out():
+    """Each group value's and individual latent's prior is its full prior with ``mu`` and
+    ``log omega`` (``log tau``) integrated out, here by two-dimensional quadrature; with
+    fixed random effects it is the declared prior itself."""
+    from scipy import integrate, stats
+
+    theta = torch.tensor([[[0.3, -2.1, 1.7, -0.4, 0.9, 0.05]]], dtype=DT)
+    codes = torch.tensor([[1, 0]])
+    for random_effects in ("learned", "fixed"):
+        hier = _hierarchy(random_effects)
+        _, log_prior = hier.collapsed_params(theta, codes, FACTOR_INDEX)
+        expected = sum(stats.norm.logpdf(float(theta[0, 0, k]), hier.prior_loc[hier.pop_index[s.name]],
+                                         hier.prior_scale[hier.pop_index[s.name]])
+                       for k, s in enumerate(hier.population))
+        for k, s in enumerate(hier.group + hier.individual, start=len(hier.population)):
+            u, m, sd = float(theta[0, 0, k]), s.prior.loc, s.prior.scale
+            if random_effects == "fixed":
+                expected += stats.norm.logpdf(u, m, sd)
+                continue
+
+            # N(u | mu, e^w) N(mu | m, sd) N(w | log sd, hyper_scale) on a fine grid
+            mu = np.linspace(m - 12 * sd, m + 12 * sd, 4001)[:, None]
+            w = np.linspace(-7, 7, 1401)[None, :] * hier.hyper_scale + math.log(sd)
+            joint = (stats.norm.pdf(u, mu, np.exp(w)) * stats.norm.pdf(mu, m, sd)
+                     * stats.norm.pdf(w, math.log(sd), hier.hyper_scale))
+            value = integrate.simpson(integrate.simpson(joint, x=mu[:, 0], axis=0), x=w[0])
+            expected += math.log(value)
+        np.testing.assert_allclose(float(log_prior[0, 0]), expected, rtol=0, atol=1e-7)
