@@ -787,8 +787,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         """Log importance weights ``(S, K)`` of ``data``, chunk by chunk (no gradients).
 
         ``include_global`` as in :meth:`score_samples`: False, True (the
-        reference implementation's per-series bound) or ``"adapted"`` (all
-        latents proposed per series).
+        reference implementation's per-series bound) or ``"adapted"``
+        (proposals adapted to each series).
         """
         if include_global == "adapted":
             yield from self._adapted_log_weights(data, K, gen)
@@ -797,7 +797,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             yield res["log_w"]
 
     def _adapted_log_weights(self, data, K, gen):
-        """Log weights of the per-series evidence with every latent proposed per series.
+        """Log weights of the per-series evidence with proposals adapted to each series.
 
         Computed on a float64 copy of the VAE (the proposals' curvature is
         measured by finite differences), chunk by chunk.
@@ -1452,7 +1452,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         ``include_global`` it diagnoses the weights of the per-series
         evidence bound that :meth:`score_samples` computes with the same
         argument (``True``: the global latents' prior and ``q(g)`` in every
-        series' weights; ``"adapted"``: all latents proposed per series).
+        series' weights; ``"adapted"``: proposals adapted to each series).
 
         Flagged series (the encoder's proposal is far from the series'
         posterior: too few training series, a series unlike the training

@@ -634,7 +634,7 @@ class HierarchicalVAE(torch.nn.Module):
         torch.Tensor of shape (S, M)
             NaN where a simulation is not finite.
         """
-        params, log_prior = self.hierarchy.collapsed_params(theta, batch["codes"], self.factor_index)
+        params, log_prior = self.hierarchy.collapsed_params(theta)
         means, noise_scale = self.simulate(params, batch, theta.shape[1], return_noise_scale=True)
         return self.log_likelihood(means, batch, params, noise_scale) + log_prior
 

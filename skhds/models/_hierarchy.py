@@ -296,7 +296,7 @@ class Hierarchy:
             cols.append(torch.where(c >= 0, vals[c.clamp(min=0)], mu).unsqueeze(-1))
         return torch.cat(cols + [z], -1)
 
-    def collapsed_params(self, theta, codes, factor_index, n_nodes=40):
+    def collapsed_params(self, theta, n_nodes=40):
         """Model parameters and log prior of one series' collapsed latents.
 
         For the evidence of a series under the prior of everything,
@@ -319,10 +319,6 @@ class Hierarchy:
         theta : torch.Tensor of shape (S, M, n_collapsed)
             Population latents, group values, individual latents, ``M``
             points per series (the layout of :meth:`collapsed_point`).
-        codes : torch.Tensor of shape (S, n_factors), dtype long
-            Unused for the values (each series has its own); kept for the
-            signature of the parameter maps.
-        factor_index : dict
         n_nodes : int, default=40
             Gauss-Hermite nodes of the integral over the spread.
 

@@ -373,7 +373,7 @@ def test_collapsed_latents_map_to_the_parameters_of_each_series(random_effects):
     codes = torch.tensor([[0, 1], [2, 0], [1, 1], [-1, 0]])  # the last: an unseen strain
     theta = hier.collapsed_point(g, z, codes, FACTOR_INDEX)
     assert theta.shape == (4, hier.n_collapsed)
-    out, log_prior = hier.collapsed_params(theta.unsqueeze(1).expand(4, 3, -1), codes, FACTOR_INDEX)
+    out, log_prior = hier.collapsed_params(theta.unsqueeze(1).expand(4, 3, -1))
     assert log_prior.shape == (4, 3) and torch.isfinite(log_prior).all()
     own = hier.params(g.unsqueeze(0), z[:3].unsqueeze(1), codes[:3], FACTOR_INDEX)
     for name, value in own.items():
@@ -389,10 +389,9 @@ def test_collapsed_prior_integrates_the_hyperparameters_out():
     from scipy import integrate, stats
 
     theta = torch.tensor([[[0.3, -2.1, 1.7, -0.4, 0.9, 0.05]]], dtype=DT)
-    codes = torch.tensor([[1, 0]])
     for random_effects in ("learned", "fixed"):
         hier = _hierarchy(random_effects)
-        _, log_prior = hier.collapsed_params(theta, codes, FACTOR_INDEX)
+        _, log_prior = hier.collapsed_params(theta)
         expected = sum(stats.norm.logpdf(float(theta[0, 0, k]), hier.prior_loc[hier.pop_index[s.name]],
                                          hier.prior_scale[hier.pop_index[s.name]])
                        for k, s in enumerate(hier.population))
