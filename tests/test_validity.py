@@ -479,7 +479,8 @@ def test_importance_diagnostics_tell_the_adapted_evidence_weights_from_the_refer
     est, sim, times = problem
     own, reference, adapted = (est.importance_diagnostics(sim.X, times=times, include_global=kind)
                                for kind in (False, True, "adapted"))
-    assert reference["ess_fraction"].median() < 0.08 < 0.2 < adapted["ess_fraction"].median()
+    assert reference["ess_fraction"].median() < 0.08
+    assert adapted["ess_fraction"].median() > 0.2
     assert reference["pareto_k"].median() > 0.9 and adapted["pareto_k"].median() < 0.6
     assert reference["flagged"].sum() >= 25 and adapted["flagged"].sum() <= 4
     assert own["ess_fraction"].median() > 0.6 and not own["flagged"].any()
