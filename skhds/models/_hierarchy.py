@@ -23,6 +23,7 @@ Gaussian posterior, including the expectation of the conditional terms of
 the level values, is computed in closed form (:meth:`Hierarchy.kl`).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -34,6 +35,12 @@ from ..distributions import normal_log_prob as _log_normal
 __all__ = ["Hierarchy"]
 
 
+@functools.lru_cache(maxsize=None)
+def _gauss_hermite(n):
+    """Nodes ``t`` and log weights of ``n``-point Gauss-Hermite quadrature, normalised so
+    that ``sum_k exp(log_w_k) f(t_k)`` approximates ``E f(T)`` for ``T ~ N(0, 1/2)``."""
+    nodes, weights = np.polynomial.hermite.hermgauss(n)
+    return nodes, np.log(weights / math.sqrt(math.pi))
 
 
 class Hierarchy:
@@ -347,11 +354,11 @@ class Hierarchy:
         """``log p(u)`` of one level's or series' value, its hyperparameters integrated out."""
         if not self.learned:
             return _log_normal(u, m, s)
-        nodes, weights = np.polynomial.hermite.hermgauss(n_nodes)
+        nodes, log_w = _gauss_hermite(n_nodes)
         # log omega = log s + sqrt(2) hyper_scale t, for Gauss-Hermite nodes t
         omega = s * np.exp(math.sqrt(2.0) * self.hyper_scale * nodes)
         sd = torch.as_tensor(np.sqrt(s**2 + omega**2), dtype=u.dtype, device=u.device)
-        log_w = torch.as_tensor(np.log(weights / math.sqrt(math.pi)), dtype=u.dtype, device=u.device)
+        log_w = torch.as_tensor(log_w, dtype=u.dtype, device=u.device)
         return torch.logsumexp(_log_normal(u.unsqueeze(-1), m, sd) + log_w, -1)
 
     def describe_global(self, g):
