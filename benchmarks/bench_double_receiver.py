@@ -126,6 +126,9 @@ def parse_args(argv=None):
                     help="wells whose maxima scale the signals (all: like the reference)")
     ap.add_argument("--training-refinement", type=int, default=0,
                     help="Gauss-Newton iterations per training minibatch (semi-amortised training)")
+    ap.add_argument("--refinement-block", type=int, default=1,
+                    help="minibatches refined together at one shared global draw "
+                         "(the estimator's refinement_block)")
     ap.add_argument("--eval-refine", type=int, default=0,
                     help="also score the held-out wells with score_samples(refine=N): proposals "
                          "adapted to each well (extra columns *_refined_per_well)")
@@ -179,7 +182,7 @@ def settings(args):
     """The settings that define a run, as a dict (also stored in every CSV row)."""
     keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
             "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
-            "time_budget", "training_refinement", "lr_schedule", "eval_refine", "compile_solver",
+            "time_budget", "training_refinement", "refinement_block", "lr_schedule", "eval_refine", "compile_solver",
             "noise_level", "noise", "noise_states", "noise_start", "hidden_activation", "n_hidden",
             "device"]
     out = {k: getattr(args, k) for k in keys}
@@ -270,6 +273,7 @@ def make_estimator(model, args):
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,
         random_effects=args.random_effects, covariance_type=args.covariance_type,
         random_state=args.seed, training_refinement=args.training_refinement,
+        refinement_block=args.refinement_block,
         learning_rate_schedule=args.lr_schedule or None, compile_solver=args.compile_solver,
         device=args.device,
     )

@@ -436,16 +436,38 @@ class HierarchicalVAE(torch.nn.Module):
         return {"log_w": log_w, "n_bad": n_bad, "z": z, "params": params, "means": means, "g": g,
                 "loc": loc, "scale": scale, "coupling": coupling, "noise_scale": noise_scale}
 
-    def training_loss(self, batch, n_total, K, generator, estimator="iwae", refine=0):
+    def training_loss(self, batch, n_total, K, generator, estimator="iwae", refine=0, eps=None,
+                      refined=None):
         """Loss for one minibatch with a single shared draw of the global latents.
 
         With ``refine > 0`` (semi-amortised training), the importance samples
         come from each series' Laplace approximation at the global draw,
         found by ``refine`` Gauss-Newton iterations from the encoder's
-        proposal (:meth:`gauss_newton_local`); the bound, which is valid for
+        proposal (:meth:`refined_proposals`); the bound, which is valid for
         any proposal, trains the model and ``q(g)``, and the encoder is
         trained to match the refined proposals: ``KL(refined || encoder)``
         (per series, at the same draw) is added to the loss.
+
+        Parameters
+        ----------
+        batch : dict
+        n_total : int
+            Number of training series (scales the global KL).
+        K : int
+            Importance samples per series.
+        generator : torch.Generator
+        estimator : {"iwae", "dreg"}, default="iwae"
+        refine : int, default=0
+            Gauss-Newton iterations of semi-amortised training (0: the
+            encoder's proposals).
+        eps : torch.Tensor of shape (1, n_global), optional
+            Standard normal noise of the global draw, ``q(g)``'s
+            :meth:`~skhds.nn.MeanFieldGaussian.from_noise` (default: drawn
+            from ``generator``).
+        refined : tuple, optional
+            ``(loc, scale, ok)`` from :meth:`refined_proposals`, computed
+            beforehand (at the draw of the same ``eps``, for several
+            minibatches at once); only with ``refine > 0``.
 
         Returns
         -------
@@ -455,21 +477,17 @@ class HierarchicalVAE(torch.nn.Module):
         out : dict
             As from :meth:`log_weights`.
         """
-        g = self.q_global.rsample(1, generator)
+        g = self.q_global.rsample(1, generator) if eps is None else self.q_global.from_noise(eps)
         if not refine or not self.hierarchy.n_individual:
             out = self.log_weights(batch, K, g, generator, detach_q=(estimator == "dreg"))
             loss, per_series = minibatch_objective(
                 out["log_w"], self.kl_global(), n_total, z=out["z"], estimator=estimator
             )
             return loss, per_series, out
-        loc, scale, coupling = self.encode(batch)
-        loc = self._mean_at(loc, coupling, g)
-        if scale.dim() == 2:
-            scale = torch.diag_embed(scale)
-        start, start_scale = loc.detach(), scale.detach()
-        mode, tril, ok = self.gauss_newton_local(batch, g.detach(), start, n_iter=refine)
-        mode = torch.where(ok[:, None], mode, start)
-        tril = torch.where(ok[:, None, None], tril, start_scale)
+        loc, scale = self._encoded_at(batch, g)
+        if refined is None:
+            refined = self._refine(batch, g.detach(), loc.detach(), scale.detach(), refine)
+        mode, tril, ok = refined
         # proposals independent of every trained parameter: the plain IWAE gradient is
         # the gradient of the bound (DReG changes only the encoder's, trained below)
         out = self.log_weights(batch, K, g, generator, local=(mode, tril, None))
@@ -477,6 +495,43 @@ class HierarchicalVAE(torch.nn.Module):
         kl = gaussian_kl(mode, tril, loc, scale)
         loss = loss + torch.where(ok, kl, torch.zeros_like(kl)).mean()
         return loss, per_series, out
+
+    @torch.no_grad()
+    def refined_proposals(self, batch, g, n_iter):
+        """Semi-amortised proposals: each series' Laplace approximation at ``g``.
+
+        :meth:`gauss_newton_local` from the encoder's proposal means at
+        ``g``; where it fails, the encoder's proposal.
+
+        Parameters
+        ----------
+        batch : dict
+        g : torch.Tensor of shape (1, n_global)
+            One global draw.
+        n_iter : int
+            Gauss-Newton iterations.
+
+        Returns
+        -------
+        tuple
+            ``(loc, scale, ok)`` as from :meth:`gauss_newton_local`, with the
+            encoder's proposal (means and Cholesky factors) where ``ok`` is False.
+        """
+        return self._refine(batch, g, *self._encoded_at(batch, g), n_iter)
+
+    def _encoded_at(self, batch, g):
+        """The encoder's proposal means at the global draw ``g`` and its Cholesky factors."""
+        loc, scale, coupling = self.encode(batch)
+        if scale.dim() == 2:
+            scale = torch.diag_embed(scale)
+        return self._mean_at(loc, coupling, g), scale
+
+    def _refine(self, batch, g, start, start_scale, n_iter):
+        """Gauss-Newton from ``start``, falling back to the start where it fails."""
+        mode, tril, ok = self.gauss_newton_local(batch, g, start, n_iter=n_iter)
+        mode = torch.where(ok[:, None], mode, start)
+        tril = torch.where(ok[:, None, None], tril, start_scale)
+        return mode, tril, ok
 
     @torch.no_grad()
     def gauss_newton_local(self, batch, g, start, n_iter=5, inflation=1.2, damping=1e-2):

@@ -877,3 +877,83 @@ def test_refine_is_reproducible_and_leaves_the_estimator_untouched(undertrained)
     np.testing.assert_array_equal(a, b)
     for k, v in est.vae_.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+# ------------------------------------------------------------- refinement blocks
+@ignore_convergence
+def test_refinement_block_refines_several_minibatches_at_one_shared_draw(data, monkeypatch):
+    # 24 series in minibatches of 5 (5, 5, 5, 5, 4), blocks of 3: two batched refinements
+    # per epoch, of 15 and 9 series; the minibatches of a block share the noise of one
+    # global draw and get their own rows of the block's proposals.
+    from skhds._vae import HierarchicalVAE
+
+    refine, loss = HierarchicalVAE.refined_proposals, HierarchicalVAE.training_loss
+    sizes, steps = [], []
+
+    def spy_refine(self, batch, g, n_iter):
+        sizes.append(batch["y"].shape[0])
+        return refine(self, batch, g, n_iter)
+
+    def spy_loss(self, batch, n_total, K, generator, estimator="iwae", refine=0, eps=None,
+                 refined=None):
+        # at a learning rate of 1e-9 the model does not move within a block: refining this
+        # minibatch alone at the shared draw must give its rows of the block's proposals
+        alone = HierarchicalVAE.__dict__["_refine_alone"](self, batch, eps, refine)
+        steps.append((eps, refined, alone))
+        return loss(self, batch, n_total, K, generator, estimator, refine, eps, refined)
+
+    def refine_alone(self, batch, eps, n_iter):
+        with torch.no_grad():
+            return refine(self, batch, self.q_global.from_noise(eps), n_iter)
+
+    monkeypatch.setattr(HierarchicalVAE, "refined_proposals", spy_refine)
+    monkeypatch.setattr(HierarchicalVAE, "training_loss", spy_loss)
+    monkeypatch.setattr(HierarchicalVAE, "_refine_alone", refine_alone, raising=False)
+    est = _fit(data, max_iter=2, batch_size=5, training_refinement=2, refinement_block=3,
+               learning_rate=1e-9)
+    assert sizes == [15, 9, 15, 9]
+    eps = [s[0] for s in steps]
+    assert len(eps) == 10
+    for first, last in ((0, 3), (3, 5), (5, 8), (8, 10)):
+        assert all(e is eps[first] for e in eps[first:last])
+    assert not torch.equal(eps[0], eps[3]) and not torch.equal(eps[0], eps[5])
+    for _, refined, alone in steps:
+        assert refined[0].shape == alone[0].shape
+        # float32 reductions over 3 and 5 series round differently: a few 1e-3 apart,
+        # where another series' proposal is 0.4-1.7 away
+        torch.testing.assert_close(refined[0], alone[0], rtol=0, atol=1e-2)
+        torch.testing.assert_close(refined[1], alone[1], rtol=0, atol=1e-2)
+        assert float((refined[0] - alone[0].roll(1, 0)).abs().max()) > 0.1
+    assert np.isfinite(est.loss_curve_).all()
+
+
+@ignore_convergence
+def test_refinement_block_changes_nothing_without_refinement(data):
+    a = _fit(data, max_iter=3, batch_size=8)
+    b = _fit(data, max_iter=3, batch_size=8, refinement_block=4)
+    assert a.loss_curve_ == b.loss_curve_
+
+
+@ignore_convergence
+def test_refinement_blocks_train_as_well_as_per_minibatch_refinement(data):
+    # the shared draw and proposals up to two steps old do not hurt the fit on this problem
+    kw = dict(max_iter=30, batch_size=6, training_refinement=3, n_importance_samples=16)
+    per_batch = _fit(data, **kw)
+    blocked = _fit(data, refinement_block=4, **kw)
+    score = lambda est: est.score(data.X, **_kw(data))  # noqa: E731
+    assert abs(score(blocked) - score(per_batch)) < 0.1 * abs(score(per_batch))
+    assert blocked.loss_curve_[-1] < blocked.loss_curve_[0] - 0.5 * abs(blocked.loss_curve_[0])
+
+
+def test_refinement_block_is_refused_with_cuda_graphs(data, monkeypatch):
+    import skhds._estimator as module
+
+    monkeypatch.setattr(module, "graphs_supported", lambda device: True)
+    est = HierarchicalODEVAE(data.model, max_iter=1, training_refinement=2, refinement_block=4)
+    with pytest.raises(ValueError, match="refinement_block=4 cannot be combined with CUDA graphs"):
+        est.fit(data.X, **_kw(data))
+    # with the graphs off it is accepted
+    est.set_params(cuda_graphs=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(data.X, **_kw(data))

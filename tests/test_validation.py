@@ -468,6 +468,8 @@ BAD_HYPERPARAMETERS = [
     ({"tol": -1.0}, ValueError, r"tol"),
     ({"training_refinement": -1}, ValueError, r"training_refinement"),
     ({"training_refinement": 2.0}, TypeError, r"training_refinement"),
+    ({"refinement_block": 0}, ValueError, r"refinement_block"),
+    ({"refinement_block": 2.0}, TypeError, r"refinement_block"),
     ({"cuda_graphs": "yes"}, TypeError, r"cuda_graphs"),
     ({"compile_solver": 1}, TypeError, r"compile_solver"),
     ({"learning_rate_schedule": "step"}, TypeError, r"learning_rate_schedule"),

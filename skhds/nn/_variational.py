@@ -50,9 +50,17 @@ class MeanFieldGaussian(torch.nn.Module):
         eps = torch.randn(
             (n, self.loc.shape[0]), generator=generator, dtype=self.loc.dtype, device=self.loc.device
         )
-        scale = self.scale
-        g = self.loc + scale * eps
-        return g, gaussian_log_prob_of_draw(eps.unsqueeze(0), scale.unsqueeze(0))[0]
+        g = self.from_noise(eps)
+        return g, gaussian_log_prob_of_draw(eps.unsqueeze(0), self.scale.unsqueeze(0))[0]
+
+    def from_noise(self, eps):
+        """The reparameterised draws ``loc + scale * eps`` of standard normal ``eps`` ``(n, D)``.
+
+        Holding ``eps`` fixed while the parameters change gives the draws that
+        follow them (semi-amortised training refines several minibatches'
+        proposals at one draw and trains each at that draw's current value).
+        """
+        return self.loc + self.scale * eps
 
     def log_prob(self, g):
         """Log density of draws ``(n, D)``, summed over dimensions: ``(n,)``."""

@@ -9,6 +9,7 @@ are assembled as ``HierarchicalODEVAE._build`` does, with fixed random effects
 ``log(sigma)``.
 """
 
+import copy
 import math
 
 import numpy as np
@@ -203,7 +204,7 @@ def test_narrow_proposal_in_float32_keeps_a_valid_bound(setup, detach_q):
     # an ill-conditioned full covariance the same rounding is amplified by the solve and
     # the weights can come out millions of nats too high (tests/distributions). From eps
     # the density is exact.
-    vae = _exact_vae(setup)
+    vae = copy.deepcopy(_exact_vae(setup))  # .to converts in place: leave the fixture's modules
     vae.encoder = NarrowProposalEncoder(setup["scaling"])
     vae = vae.to(torch.float32)
     batch = setup["data"].batch(np.arange(setup["S"]), setup["scaling"], None, "cpu", torch.float32)
@@ -300,6 +301,41 @@ def test_refined_training_bound_is_valid_and_near_exact(setup):
     grads = [p.grad for p in vae.encoder.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_refinement_computed_beforehand_gives_the_same_training_pass(setup):
+    # What refinement_block feeds training_loss: the global noise drawn first and the
+    # proposals refined at its draw beforehand reproduce, to the bit, the pass that draws
+    # and refines inside (loss, per-series bounds, every gradient, q(g)'s included).
+    vae = setup["vae"]
+    batch = _batch(setup, np.arange(setup["S"]))
+
+    def gradients():
+        return [p.grad.clone() for p in vae.parameters()]
+
+    vae.zero_grad()
+    loss, bounds, _ = vae.training_loss(batch, 40, 20, torch.Generator().manual_seed(7), "dreg",
+                                        refine=3)
+    loss.backward()
+    inside = gradients()
+
+    vae.zero_grad()
+    gen = torch.Generator().manual_seed(7)
+    eps = torch.randn((1, vae.hierarchy.n_global), generator=gen, dtype=vae.q_global.loc.dtype)
+    refined = vae.refined_proposals(batch, vae.q_global.from_noise(eps), 3)
+    loss2, bounds2, _ = vae.training_loss(batch, 40, 20, gen, "dreg", refine=3, eps=eps,
+                                          refined=refined)
+    loss2.backward()
+    assert torch.equal(loss, loss2) and torch.equal(bounds, bounds2)
+    for a, b in zip(inside, gradients()):
+        assert torch.equal(a, b)
+    assert float(vae.q_global.loc.grad.abs().sum()) > 0
+    # proposals refined at another draw (stale ones) give another, still finite, pass
+    other = vae.refined_proposals(batch, vae.q_global.from_noise(eps + 3.0), 3)
+    assert not torch.allclose(other[0], refined[0])
+    _, bounds3, _ = vae.training_loss(batch, 40, 20, torch.Generator().manual_seed(8), "dreg",
+                                      refine=3, eps=eps, refined=other)
+    assert torch.isfinite(bounds3).all()
 
 
 class ConstantStateOwnNoise(ConstantState):

@@ -27,6 +27,26 @@ def test_rsample_with_log_prob_matches_rsample_and_the_density():
     np.testing.assert_allclose(d_log_scale.numpy(), -6.0)
 
 
+def test_from_noise_is_the_draw_of_that_noise_and_follows_the_parameters():
+    q = MeanFieldGaussian(torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64),
+                          torch.tensor([0.1, 1.5, 0.7], dtype=torch.float64))
+    g = q.rsample(4, torch.Generator().manual_seed(5))
+    eps = torch.randn((4, 3), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.equal(q.from_noise(eps), g)
+    # the same noise after an update of the parameters: the draw moves with them
+    with torch.no_grad():
+        q.loc += 1.0
+        q.log_scale += math.log(2.0)
+    moved = q.from_noise(eps)
+    new_loc = q.loc.detach()
+    old_loc = new_loc - 1.0
+    np.testing.assert_allclose((moved - new_loc).detach().numpy(),
+                               (2.0 * (g - old_loc)).detach().numpy(), rtol=1e-12)
+    d_loc, d_log_scale = torch.autograd.grad(moved.sum(), [q.loc, q.log_scale])
+    np.testing.assert_allclose(d_loc.numpy(), 4.0)
+    np.testing.assert_allclose(d_log_scale.numpy(), (q.scale * eps).sum(0).detach().numpy(), rtol=1e-12)
+
+
 def test_rsample_with_log_prob_is_exact_in_float32_for_narrow_widths():
     # a width far below the location's rounding step: the float32 draws round to loc, so
     # evaluated at them (g - loc) / scale is 0 instead of eps, and log q is too high by
