@@ -159,7 +159,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         the loss). On data that pin the parameters far more tightly than the
         encoder can early in training (the double-receiver study) this raises
         the bound reached per epoch and per second; 0 trains the encoder's
-        proposals directly. Evaluation always uses the encoder.
+        proposals directly. Evaluation always uses the encoder. On the CPU,
+        see ``refinement_block`` for a cheaper schedule of the refinement.
     refinement_block : int, default=1
         With ``training_refinement``, the number of consecutive minibatches
         whose proposals are refined together, in one batched Gauss-Newton
@@ -169,12 +170,13 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         trains at the draw's value at its own step
         (:meth:`~skhds.nn.MeanFieldGaussian.from_noise`), so its proposals
         are up to ``refinement_block - 1`` optimiser steps old. Every step's
-        bound is still valid (any proposal is). On the CPU the solves of
-        the refinement cost about as much for a few hundred series as for
-        a few dozen (the time goes to per-operation overhead), so refining
-        a whole epoch at once (``refinement_block`` at least the number of
-        minibatches) made the epochs of the double-receiver study 1.6
-        times cheaper on one CPU thread, with as much learned per epoch
+        bound is still valid (any proposal is). On the CPU a solve costs
+        far less than proportionally more for more series (much of its
+        time is per-operation overhead: on one thread, 0.11 s for the 234
+        wells of the study against 0.06 s for a minibatch of 36), so
+        refining a whole epoch at once (``refinement_block`` at least the
+        number of minibatches) made the epochs of the double-receiver study
+        1.6 times cheaper on one CPU thread, with as much learned per epoch
         (benchmarks/README.md). Memory grows with ``refinement_block *
         batch_size`` series. Must be 1 with CUDA graphs (where the
         refinement is captured with each minibatch's pass).
