@@ -484,7 +484,10 @@ class HierarchicalVAE(torch.nn.Module):
                 out["log_w"], self.kl_global(), n_total, z=out["z"], estimator=estimator
             )
             return loss, per_series, out
-        loc, scale = self._encoded_at(batch, g)
+        # the encoder's mean follows the draw, but the matching term below trains the
+        # encoder only: through an undetached draw it would also move q(g), which must
+        # follow the bound's gradient alone
+        loc, scale = self._encoded_at(batch, g.detach())
         if refined is None:
             refined = self._refine(batch, g.detach(), loc.detach(), scale.detach(), refine)
         mode, tril, ok = refined
@@ -981,6 +984,8 @@ class HierarchicalVAE(torch.nn.Module):
         """
         with torch.no_grad():
             loc, scale, coupling = self.encode(batch) if local is None else local
+        if loc.shape[-1] == 0:  # no individual parameters: nothing to adapt
+            return loc, scale, coupling
         g = g_ref.reshape(1, -1).to(device=loc.device, dtype=loc.dtype)
         shift = torch.zeros_like(loc)
         if coupling is not None:
