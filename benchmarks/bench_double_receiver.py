@@ -113,6 +113,9 @@ def parse_args(argv=None):
     ap.add_argument("--K-train", type=int, default=200, help="importance samples in training")
     ap.add_argument("--K-eval", type=int, default=1000, help="importance samples in evaluation")
     ap.add_argument("--learning-rate", type=float, default=0.01)
+    ap.add_argument("--encoder-learning-rate", type=float, default=None,
+                    help="the encoder's step size (the estimator's encoder_learning_rate; "
+                         "default: --learning-rate)")
     ap.add_argument("--estimator", choices=["iwae", "dreg"], default="iwae",
                     help="gradient estimator (the paper's runs: iwae)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -180,8 +183,8 @@ def parse_args(argv=None):
 
 def settings(args):
     """The settings that define a run, as a dict (also stored in every CSV row)."""
-    keys = ["batch_size", "K_train", "K_eval", "learning_rate", "estimator", "dtype", "solver",
-            "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
+    keys = ["batch_size", "K_train", "K_eval", "learning_rate", "encoder_learning_rate", "estimator",
+            "dtype", "solver", "dt", "random_effects", "covariance_type", "scale_on", "seed", "epochs", "eval_every",
             "time_budget", "training_refinement", "refinement_block", "lr_schedule", "eval_refine", "compile_solver",
             "noise_level", "noise", "noise_states", "noise_start", "hidden_activation", "n_hidden",
             "device"]
@@ -270,6 +273,7 @@ def make_estimator(model, args):
         MODELS[model](noise=make_noise(args), **(black if model == "black" else {})),
         batch_size=args.batch_size, n_importance_samples=args.K_train,
         n_eval_samples=args.K_eval, learning_rate=args.learning_rate,
+        encoder_learning_rate=args.encoder_learning_rate,
         gradient_estimator=args.estimator, dtype=args.dtype, solver=args.solver, dt=args.dt,
         random_effects=args.random_effects, covariance_type=args.covariance_type,
         random_state=args.seed, training_refinement=args.training_refinement,

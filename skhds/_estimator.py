@@ -10,6 +10,7 @@ one evaluation in :mod:`skhds._vae`.
 import copy
 import inspect
 import math
+import numbers
 import os
 import time
 import warnings
@@ -100,6 +101,16 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         The count runs over ``fit``, ``partial_fit`` and warm starts alike
         (``n_iter_``). A rate halved after a rolled-back update (see
         ``history_``) stays halved relative to the schedule.
+    encoder_learning_rate : float or None, default=None
+        Adam step size of the encoder's weights (``None``: ``learning_rate``,
+        one step size for all). The schedule and the halvings after
+        rolled-back updates scale it in proportion: it stays
+        ``encoder_learning_rate / learning_rate`` times the rate of the other
+        parameters. With ``training_refinement`` the encoder only learns to
+        reproduce the refined proposals, and a slower encoder lets the rest
+        train at a larger rate: on the double-receiver study
+        ``learning_rate=0.03, encoder_learning_rate=0.003`` reached a given
+        held-out bound in about half the epochs of 0.01 for all (user guide).
     max_iter : int, default=1000
         Maximum number of epochs.
     tol : float, default=1e-3
@@ -178,8 +189,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         number of minibatches) made the epochs of the double-receiver study
         1.6 times cheaper on one CPU thread, with as much learned per epoch
         (benchmarks/README.md). Memory grows with ``refinement_block *
-        batch_size`` series. Must be 1 with CUDA graphs (where the
-        refinement is captured with each minibatch's pass).
+        batch_size`` series. With ``training_refinement``, must be 1 with CUDA
+        graphs (where the refinement is captured with each minibatch's pass).
     cuda_graphs : bool, default=True
         On a CUDA device, capture each minibatch shape's training pass in a
         CUDA graph and replay it (much faster: the pass is launch-bound); see
@@ -209,7 +220,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     categories_ : dict
         Training levels of each grouping factor.
     fit_times_ : numpy.ndarray or None
-        The shared time grid seen in ``fit`` (None for per-series grids).
+        The shared time grid of the last fit (a warm start or ``partial_fit``
+        given ``times`` replaces it; None for per-series grids); the default
+        ``times`` of the other methods for data of its length.
     loss_curve_ : list of float
         Training loss per epoch: the negative bound per series.
     validation_scores_ : list of float or None
@@ -254,6 +267,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
 
     def __init__(self, model=None, *, solver="heun", dt=None, n_importance_samples=32,
                  n_eval_samples=256, batch_size=32, learning_rate=0.01, learning_rate_schedule=None,
+                 encoder_learning_rate=None,
                  max_iter=1000, tol=1e-3,
                  n_iter_no_change=100, early_stopping=False, validation_fraction=0.1,
                  gradient_estimator="dreg", random_effects="learned", n_hidden=64,
@@ -269,6 +283,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.learning_rate_schedule = learning_rate_schedule
+        self.encoder_learning_rate = encoder_learning_rate
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
@@ -302,13 +317,24 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         check_positive_int(self.batch_size, "batch_size")
         check_positive_float(self.learning_rate, "learning_rate")
         check_learning_rate_schedule(self.learning_rate_schedule)
+        check_positive_float(self.encoder_learning_rate, "encoder_learning_rate", allow_none=True)
         check_positive_int(self.max_iter, "max_iter")
         check_positive_int(self.n_iter_no_change, "n_iter_no_change")
         check_positive_int(self.n_hidden, "n_hidden")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or self.tol < 0:
+        if (isinstance(self.tol, (bool, np.bool_)) or not isinstance(self.tol, numbers.Real)
+                or not self.tol >= 0):
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}.")
-        if not (isinstance(self.validation_fraction, float) and 0 < self.validation_fraction < 1):
+        if not (isinstance(self.validation_fraction, (float, np.floating))
+                and 0 < self.validation_fraction < 1):
             raise ValueError(f"validation_fraction must be a float in (0, 1), got {self.validation_fraction!r}.")
+        check_bool(self.warm_start, "warm_start")
+        check_bool(self.early_stopping, "early_stopping")
+        if not isinstance(self.verbose, (bool, np.bool_)):
+            check_positive_int(self.verbose, "verbose", minimum=0)
+        for name in ("checkpoint_path", "tensorboard_dir"):
+            path = getattr(self, name)
+            if path is not None and not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"{name} must be None, a str or a path-like, got {path!r}.")
         if self.gradient_estimator not in ("dreg", "iwae"):
             raise ValueError(f"gradient_estimator must be 'dreg' or 'iwae', got {self.gradient_estimator!r}.")
         if self.random_effects not in ("learned", "fixed"):
@@ -329,7 +355,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             raise ValueError(f"device={self.device!r} was requested but CUDA is not available.")
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or a CUDA device, got {self.device!r}.")
-        if self.refinement_block > 1 and self.cuda_graphs and graphs_supported(device):
+        if (self.refinement_block > 1 and self.training_refinement and self.cuda_graphs
+                and graphs_supported(device)):
             raise ValueError(
                 f"refinement_block={self.refinement_block} cannot be combined with CUDA graphs: "
                 "captured training refines each minibatch inside its graph, which is faster on a "
@@ -337,8 +364,13 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             )
         return device, _DTYPES[self.dtype]
 
-    def _prepare(self, X, groups, inputs, times, reset):
-        """Validate arrays and return a SeriesData (encodes group labels)."""
+    def _prepare(self, X, groups, inputs, times, reset, fitting=False):
+        """Validate arrays and return a SeriesData (encodes group labels).
+
+        ``reset``: a fresh fit (learn the observables, levels and time grid);
+        ``fitting``: any fit, a warm start included (a time grid it is given
+        becomes the default grid).
+        """
         if reset:
             model = self.model_
             X = check_observations(X, n_observables=len(model.observable_names))
@@ -354,11 +386,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         validate_data(self, X, allow_nd=True, ensure_all_finite="allow-nan", reset=reset,
                       skip_check_array=True)
         n, _, T = X.shape
+        given = times is not None
         if times is None and not reset and getattr(self, "fit_times_", None) is not None:
             if len(self.fit_times_) == T:
                 times = self.fit_times_  # default to the shared grid seen in fit
         t, valid = check_times(times, n, T, t0=model.t0)
-        if reset:
+        if reset or (fitting and given):
             self.fit_times_ = t if t.ndim == 1 else None
         u = check_inputs(inputs, n, model.inputs)
         factors = self._factor_names(model)
@@ -475,14 +508,16 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         device, dtype = self._check_hyperparameters()
         writer_class = _tensorboard_writer_class(self.tensorboard_dir)
         continuing = (self.warm_start or incremental) and hasattr(self, "vae_")
-        if not continuing:
+        if continuing:
+            self._warn_structure_changed()
+        else:
             rng = check_random_state(self.random_state)
             self._seed = int(rng.randint(0, 2**31 - 1))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self._seed)
                 self.model_ = clone(self.model) if self.model is not None else LogisticGrowth()
             check_model(self.model_)
-        data = self._prepare(X, groups, inputs, times, reset=not continuing)
+        data = self._prepare(X, groups, inputs, times, reset=not continuing, fitting=True)
         empty = warn_all_missing(data.mask)
         if empty.size:
             data = data.subset(np.setdiff1d(np.arange(data.n_series), empty))
@@ -496,6 +531,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self._seed + 1)
                 self.vae_ = self._build(train, device, dtype)
+            self._fitted_structure = self._structure()
             self.loss_curve_, self.validation_scores_, self._history = [], [], []
             self.n_iter_, self.best_loss_, self._epoch_seed = 0, math.inf, self._seed
             self._eval_seed = self._seed + 7
@@ -503,15 +539,21 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             self._best_val = -math.inf
             self._lr_factor = 1.0  # halvings after rolled-back updates
         else:
-            self.vae_.to(device=device, dtype=dtype)
+            ref = self.vae_.q_global.loc
+            if (ref.device, ref.dtype) != (device, dtype):
+                self.vae_.to(device=device, dtype=dtype)
+                self._captured = None  # captured passes belong to one device and dtype
+                if hasattr(self, "_optimizer"):
+                    # Adam's moments follow their parameters (load_state_dict casts them)
+                    self._optimizer.load_state_dict(self._optimizer.state_dict())
         saved = self.__dict__.pop("_optimizer_state", None)
         if not (continuing and hasattr(self, "_optimizer")):
-            self._optimizer = torch.optim.Adam(self.vae_.parameters(), lr=self.learning_rate)
+            self._optimizer = torch.optim.Adam(_parameter_groups(self.vae_), lr=self.learning_rate)
             self._captured = None  # captured training passes belong to one network and device
         if continuing and saved is not None:
-            self._optimizer.load_state_dict(to_torch(saved, device))
+            self._optimizer.load_state_dict(_regrouped(to_torch(saved, device), self._optimizer))
         if not hasattr(self, "_lr_factor"):  # saved before schedules: halvings in the saved rate
-            saved_rate = self._optimizer.param_groups[0]["lr"]
+            saved_rate = _base_rate(self._optimizer)
             self._lr_factor = min(1.0, saved_rate / self.learning_rate)
         n_epochs = max_epochs if max_epochs is not None else self.max_iter
         self._tb_writer = (None if writer_class is None
@@ -526,6 +568,25 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.history_ = pd.DataFrame(self._history)
         self.summary_ = self._summary()
         return self
+
+    def _structure(self):
+        """The hyperparameters that shape the fitted model and networks."""
+        model = self.model if self.model is not None else LogisticGrowth()
+        return {"model": repr(model), "n_hidden": self.n_hidden,
+                "covariance_type": self.covariance_type, "random_effects": self.random_effects}
+
+    def _warn_structure_changed(self):
+        fitted = getattr(self, "_fitted_structure", None)  # None: saved by an earlier version
+        if fitted is None:
+            return
+        changed = [k for k, v in self._structure().items() if fitted.get(k) != v]
+        if changed:
+            warnings.warn(
+                f"{', '.join(changed)} changed since the estimator was fitted; a warm start or "
+                "partial_fit continues training the fitted model and networks, so the change "
+                "takes effect only when fitting afresh (warm_start=False).",
+                UserWarning, stacklevel=4,
+            )
 
     def _split(self, data):
         if not self.early_stopping:
@@ -634,8 +695,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         vae, opt = self.vae_, self._optimizer
         epoch = self.n_iter_
         rate = _scheduled_rate(self.learning_rate, self.learning_rate_schedule, epoch)
+        encoder_ratio = (1.0 if self.encoder_learning_rate is None
+                         else self.encoder_learning_rate / self.learning_rate)
         for group in opt.param_groups:
-            group["lr"] = rate * self._lr_factor
+            group["lr"] = rate * self._lr_factor * (encoder_ratio if group["encoder"] else 1.0)
         self._epoch_state = (copy.deepcopy(vae.state_dict()), copy.deepcopy(opt.state_dict()))
         t_start = time.perf_counter()
         n_rollbacks = 0
@@ -659,7 +722,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             "grad_norm": float(np.mean(st["gnorms"])), "ess": float(np.mean(st["ess"])),
             "zero_weight_samples": st["n_bad"], "failed_series": st["failed_series"],
             "skipped_steps": st["skipped"], "rollbacks": n_rollbacks,
-            "learning_rate": float(opt.param_groups[0]["lr"]), "time": time.perf_counter() - t_start,
+            "learning_rate": _base_rate(opt), "time": time.perf_counter() - t_start,
         }
 
     def _epoch_pass(self, train, device, dtype, K, N, epoch):
@@ -813,7 +876,13 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         return p.device, p.dtype
 
     def _configure_solver(self, device):
-        """Compiled steps on the CPU only: on CUDA, graphs already remove the launch overhead."""
+        """The current ``solver``; compiled steps on the CPU only (on CUDA, graphs already
+        remove the launch overhead)."""
+        if self.vae_.solver != self.solver:
+            if self.solver not in SOLVERS:
+                raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}.")
+            self.vae_.solver = self.solver
+            self._captured = None  # captured passes hold the solver they were captured with
         self.vae_.compile_solver = bool(getattr(self, "compile_solver", False)) and device.type == "cpu"
 
     def _chunks(self, n):
@@ -868,7 +937,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         gen = self._generator(device, getattr(self, "_eval_seed", self._seed) + 31 * salt)
         out = [iwae_per_series(log_w).cpu().numpy()
                for log_w in self._log_weights(data, K, gen, refine, include_global)]
-        return np.concatenate(out)
+        return np.concatenate(out).astype(np.float64)
 
     def score_samples(self, X, *, groups=None, inputs=None, times=None, refine=0,
                       include_global=False):
@@ -927,12 +996,15 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         -------
         numpy.ndarray of shape (n_series,)
             Importance-weighted estimate of ``log p(y_i | training data)`` per
-            series (or the reference implementation's bound).
+            series (or the reference implementation's bound); ``-inf``, with a
+            warning, for a series none of whose samples has a finite weight.
         """
         refine, include_global = _check_evidence_kind(refine, include_global)
         data = self._prepare(X, groups, inputs, times, reset=False)
-        return self._score_data(data, self.n_eval_samples, refine=refine,
-                                include_global=include_global)
+        scores = self._score_data(data, self.n_eval_samples, refine=refine,
+                                  include_global=include_global)
+        _warn_failed(scores == -np.inf, "their scores are -inf")
+        return scores
 
     def score(self, X, y=None, *, groups=None, inputs=None, times=None, sample_weight=None):
         """Mean per-series importance-weighted bound (higher is better).
@@ -1001,6 +1073,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             Only with ``return_std=True``.
         """
         refine = check_positive_int(refine, "refine", minimum=0)
+        return_std = check_bool(return_std, "return_std")
         data = self._prepare(X, groups, inputs, times, reset=False)
         pt = None
         if prediction_times is not None:
@@ -1047,17 +1120,25 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         Returns
         -------
         numpy.ndarray of shape (n_series, n_individual_parameters)
-            Columns in the order of :meth:`get_feature_names_out`.
+            Columns in the order of :meth:`get_feature_names_out`; NaN, with a
+            warning, for a series none of whose samples has a finite weight.
         """
         refine = check_positive_int(refine, "refine", minimum=0)
         data = self._prepare(X, groups, inputs, times, reset=False)
         names = self.get_feature_names_out()
+        if not len(names):  # no individual parameters
+            return np.zeros((data.n_series, 0))
         gen = self._generator(self._device_dtype()[0], self._eval_seed + 2)
-        rows = []
+        rows, failed = [], []
         for out, w in self._weighted_individual(data, self.n_eval_samples, gen, refine):
             vals = torch.stack([out["params"][n].expand_as(w) for n in names], -1)
             rows.append((w.unsqueeze(-1) * vals).sum(1).cpu().numpy())
-        return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, len(names)))
+            failed.append((w.sum(-1) == 0).cpu().numpy())
+        if not rows:
+            return np.zeros((0, len(names)))
+        means = np.concatenate(rows).astype(np.float64)
+        means[_warn_failed(np.concatenate(failed), "their posterior means are NaN")] = np.nan
+        return means
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit, then return the posterior means of the individual parameters.
@@ -1227,18 +1308,22 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             with torch.no_grad():
                 g = self.vae_.q_global.rsample(n_draws, gen)
             ind = {n: [] for n in names}
-            local_ess = []
+            local_ess, failed = [], []
             for res, w in self._weighted_individual(data, self.n_eval_samples, gen, refine):
                 pick = _resample(w, n_draws, gen)
                 local_ess.append(effective_sample_size(res["log_w"]).double().cpu())
+                failed.append((w.sum(-1) == 0).cpu().numpy())
                 for n in names:
                     v = res["params"][n].expand_as(w)
                     ind[n].append(torch.gather(v, 1, pick).t().cpu().numpy())
+            failed = _warn_failed(np.concatenate(failed) if failed else np.zeros(0, bool),
+                                  "their individual draws are NaN")
             out = self.vae_.hierarchy.describe_global(g)
             mcse = {k: v.std(0) / math.sqrt(n_draws) for k, v in out.items()}
             diagnostics = {"mcse_method": "variational", "local_ess": torch.cat(local_ess).numpy()}
             for n in names:
-                out[n] = np.concatenate(ind[n], axis=1)
+                out[n] = np.concatenate(ind[n], axis=1).astype(np.float64)
+                out[n][:, failed] = np.nan
         else:
             out, mcse, diagnostics = self._importance_posterior(data, n_draws, n_proposals,
                                                                 n_replicates, gen, refine, names)
@@ -1540,7 +1625,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             One row per series with columns ``ess`` (Kish effective sample
             size, in ``[0, n_eval_samples]``), ``ess_fraction`` (``ess /
             n_eval_samples``), ``pareto_k`` and ``flagged`` (``pareto_k >
-            0.7``: the series' importance estimates are unreliable).
+            0.7``, or not a number, as where no sample has a finite weight:
+            the series' importance estimates are unreliable).
         """
         refine, include_global = _check_evidence_kind(refine, include_global)
         data = self._prepare(X, groups, inputs, times, reset=False)
@@ -1552,7 +1638,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         ess = np.concatenate(ess).astype(np.float64) if ess else np.zeros(0)
         khat = np.concatenate(khat) if khat else np.zeros(0)
         return pd.DataFrame({"ess": ess, "ess_fraction": ess / self.n_eval_samples,
-                             "pareto_k": khat, "flagged": khat > 0.7})
+                             "pareto_k": khat, "flagged": ~(khat <= 0.7)})
 
     def _summary(self, n_draws=2000):
         gen = self._generator(self._device_dtype()[0], self._seed + 5)
@@ -1658,10 +1744,63 @@ def _weighted_mcse(f, w, n_draws):
     return np.sqrt((w * w * dev2).sum(0) + (w * dev2).sum(0) / n_draws)
 
 
+def _warn_failed(failed, consequence):
+    """Warn about series none of whose importance samples has a finite weight; ``failed``."""
+    if failed.any():
+        warnings.warn(
+            f"{int(failed.sum())} of {failed.size} series have no importance sample with a "
+            f"finite weight (the model's simulation failed or the likelihood is zero for every "
+            f"draw); {consequence}. Check their data and inputs, or try refine=...",
+            RuntimeWarning, stacklevel=3,
+        )
+    return failed
+
+
 def _resample(w, n, gen):
     """``n`` indices per row drawn with probabilities ``w`` (uniform for rows of zeros)."""
     safe = torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w))
     return torch.multinomial(safe, n, replacement=True, generator=gen)
+
+
+def _parameter_groups(vae):
+    """Adam's parameter groups: runs of consecutive parameters, encoder or not.
+
+    The groups hold ``vae.parameters()`` in their order (the optimiser's state
+    is indexed by that order, whatever the grouping), each marked with
+    ``"encoder"`` so that the encoder can take its own step size.
+    """
+    encoder = {id(p) for p in vae.encoder.parameters()}
+    groups = []
+    for p in vae.parameters():
+        is_encoder = id(p) in encoder
+        if not groups or groups[-1]["encoder"] != is_encoder:
+            groups.append({"params": [], "encoder": is_encoder})
+        groups[-1]["params"].append(p)
+    return groups
+
+
+def _regrouped(state, optimizer):
+    """An optimiser state saved with other parameter groups, in ``optimizer``'s groups.
+
+    States saved before the encoder had its own group hold one group of all
+    parameters, in the same order: the per-parameter state carries over, and
+    each group takes the saved group's settings (its step size among them).
+    """
+    saved = state["param_groups"]
+    if [len(g["params"]) for g in saved] == [len(g["params"]) for g in optimizer.param_groups]:
+        return state
+    settings = {k: v for k, v in saved[0].items() if k not in ("params", "encoder")}
+    groups, start = [], 0
+    for group in optimizer.param_groups:
+        n = len(group["params"])
+        groups.append({**settings, "params": list(range(start, start + n)), "encoder": group["encoder"]})
+        start += n
+    return {**state, "param_groups": groups}
+
+
+def _base_rate(optimizer):
+    """The step size of the parameters other than the encoder's."""
+    return float(next(g["lr"] for g in optimizer.param_groups if not g["encoder"]))
 
 
 def _scheduled_rate(base, schedule, n_done):

@@ -1,6 +1,7 @@
 """Behaviour of ``HierarchicalODEVAE``: recovery, return contracts, missing data,
 reproducibility, persistence and the options of the training loop."""
 
+import copy
 import io
 import math
 import pickle
@@ -173,6 +174,55 @@ def test_transform_contract(fitted, data):
     assert list(fitted.get_feature_names_out()) == ["r", "tlag"]
     assert np.isfinite(feats).all()
     assert (feats > 0).all()  # log-normal parameters on their own scale
+
+
+def test_series_whose_samples_all_fail_are_nan_with_a_warning(fitted, data):
+    # residuals of 1e30 overflow the float32 likelihood: no sample of series 0 has a
+    # finite weight; its results say so instead of averaging zero weights into 0
+    X = data.X.copy()
+    X[0] = 1e30
+    kw = _kw(data)
+    with pytest.warns(RuntimeWarning, match="1 of 24 series have no importance sample"):
+        feats = fitted.transform(X, **kw)
+    assert np.isnan(feats[0]).all() and np.isfinite(feats[1:]).all()
+    with pytest.warns(RuntimeWarning, match="1 of 24 series"):
+        post = fitted.sample_posterior(X, **kw, n_draws=5, random_state=0)
+    assert np.isnan(post["r"][:, 0]).all() and np.isfinite(post["r"][:, 1:]).all()
+    with pytest.warns(RuntimeWarning, match="their scores are -inf"):
+        scores = fitted.score_samples(X, **kw)
+    assert scores[0] == -np.inf and np.isfinite(scores[1:]).all()
+    diag = fitted.importance_diagnostics(X, **kw)
+    assert diag["flagged"].iloc[0] and diag["ess"].iloc[0] == 0
+
+
+class PopulationGrowth(ODEModel):
+    """Logistic growth whose only parameter is a population constant."""
+
+    states = ("x",)
+
+    def declare_parameters(self):
+        return [Parameter("r", LogNormal(math.log(0.8), 0.25), level="population")]
+
+    def initial_state(self, params, inputs):
+        return (0.05 * torch.ones_like(params["r"])).unsqueeze(-1)
+
+    def rhs(self, t, x, params, inputs):
+        return (params["r"] * x[..., 0] * (1.0 - x[..., 0])).unsqueeze(-1)
+
+
+def test_model_without_individual_parameters(data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no torch warning about an empty layer
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = HierarchicalODEVAE(PopulationGrowth(), max_iter=3, random_state=0)
+        est.fit(data.X, times=data.times)
+    assert len(est.get_feature_names_out()) == 0
+    assert est.transform(data.X, times=data.times).shape == (24, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # three epochs: an unreliable reweighting
+        post = est.sample_posterior(data.X, times=data.times, n_draws=5, method="importance",
+                                    n_proposals=50, random_state=0)
+    assert post["r"].shape == (5,) and (post["r"] > 0).all()
 
 
 def test_sample_posterior_keys_and_shapes(fitted, data):
@@ -650,6 +700,7 @@ def test_estimator_saved_before_schedules_keeps_its_halved_rate(data):
     del state["_lr_factor"]
     for name in ("learning_rate_schedule", "compile_solver"):  # hyperparameters added since
         del state[name]
+    _as_saved_with_one_parameter_group(state)
     state["_optimizer_state"]["param_groups"][0]["lr"] = 0.005  # one rollback, old style
     old = HierarchicalODEVAE.__new__(HierarchicalODEVAE)
     old.__setstate__(state)
@@ -657,6 +708,104 @@ def test_estimator_saved_before_schedules_keeps_its_halved_rate(data):
     assert params["learning_rate_schedule"] is None and params["compile_solver"] is False
     old.set_params(warm_start=True, max_iter=1).fit(data.X, **_kw(data))
     np.testing.assert_allclose(old.history_["learning_rate"], [0.01, 0.005])
+
+
+def _as_saved_with_one_parameter_group(state):
+    """An estimator's state as pickles from before ``encoder_learning_rate`` hold it."""
+    groups = state["_optimizer_state"]["param_groups"]
+    merged = {k: v for k, v in groups[0].items() if k not in ("params", "encoder")}
+    merged["params"] = [i for g in groups for i in g["params"]]
+    state["_optimizer_state"]["param_groups"] = [merged]
+    del state["encoder_learning_rate"]
+
+
+@ignore_convergence
+def test_encoder_learning_rate_is_the_encoders_step(data):
+    """The encoder trains at its own rate, scaled by the schedule in proportion; the other
+    parameters at learning_rate."""
+    start = _fit(data, max_iter=1, learning_rate=1e-12)  # the same initial weights, unmoved
+    est = _fit(data, max_iter=2, encoder_learning_rate=1e-12, learning_rate_schedule=[(1, 0.005)])
+    np.testing.assert_allclose(est.history_["learning_rate"], [0.01, 0.005])
+    rates = {g["encoder"]: g["lr"] for g in est._optimizer.param_groups}
+    assert rates[False] == pytest.approx(0.005) and rates[True] == pytest.approx(5e-13)
+
+    def moved(part):
+        before = getattr(start.vae_, part).state_dict()
+        return max(float((v - before[k]).abs().max()) for k, v in getattr(est.vae_, part).state_dict().items())
+
+    assert moved("encoder") < 1e-9 and moved("q_global") > 1e-3
+    # None: one step size for all, the training of before
+    plain, same = _fit(data, max_iter=2), _fit(data, max_iter=2, encoder_learning_rate=0.01)
+    assert len({g["lr"] for g in plain._optimizer.param_groups}) == 1
+    np.testing.assert_allclose(plain.loss_curve_, same.loss_curve_, rtol=1e-6)
+
+
+@ignore_convergence
+def test_estimator_saved_with_one_parameter_group_warm_starts(data):
+    """Pickles from before encoder_learning_rate (one Adam group) keep their optimiser state."""
+    est = _fit(data, max_iter=2)
+    state = copy.deepcopy(est.__getstate__())  # a pickle's copy: shares nothing with est
+    _as_saved_with_one_parameter_group(state)
+    old = HierarchicalODEVAE.__new__(HierarchicalODEVAE)
+    old.__setstate__(state)
+    assert old.get_params()["encoder_learning_rate"] is None
+    old.set_params(warm_start=True, max_iter=1).fit(data.X, **_kw(data))
+    assert [g["encoder"] for g in old._optimizer.param_groups] == [True, False]
+    continued = pickle.loads(pickle.dumps(est)).set_params(warm_start=True, max_iter=1)
+    continued.fit(data.X, **_kw(data))
+    # the continued update (Adam's moments carried over) is the unmodified estimator's
+    after, expected = old.vae_.state_dict(), continued.vae_.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(after[k], v, rtol=1e-6, atol=1e-7)
+    # and without the saved moments it would differ
+    restarted = pickle.loads(pickle.dumps(est)).set_params(warm_start=True, max_iter=1)
+    del restarted._optimizer_state
+    restarted.fit(data.X, **_kw(data))
+    diff = max(float((restarted.vae_.state_dict()[k] - v).abs().max()) for k, v in expected.items())
+    assert diff > 1e-4
+
+
+@ignore_convergence
+def test_warm_start_after_a_dtype_change_converts_the_optimiser(data):
+    """A new dtype between warm starts converts Adam's moments with the parameters."""
+    est = _fit(data, max_iter=2)
+    est.set_params(warm_start=True, max_iter=1, dtype="float64").fit(data.X, **_kw(data))
+    assert all(p.dtype == torch.float64 for p in est.vae_.parameters())
+    assert all(st["exp_avg"].dtype == torch.float64 for st in est._optimizer.state.values())
+    # the moments were carried over, not restarted: three steps in all
+    assert all(int(st["step"]) == 3 for st in est._optimizer.state.values())
+    est.set_params(dtype="float32").partial_fit(data.X, **_kw(data))
+    assert len(est.loss_curve_) == 4 and np.isfinite(est.loss_curve_).all()
+
+
+@ignore_convergence
+def test_warm_start_warns_about_structural_changes_and_takes_new_times(data):
+    est = _fit(data, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # unchanged: no warning
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.set_params(warm_start=True).partial_fit(data.X, **_kw(data))
+    est.set_params(n_hidden=8, covariance_type="diag")
+    with pytest.warns(UserWarning, match="n_hidden, covariance_type changed since"):
+        est.partial_fit(data.X, **_kw(data))
+    assert est.vae_.encoder.norm.normalized_shape == (2 * 64,)  # the fitted network, unchanged
+    # a warm start given another grid makes it the default grid of later calls
+    est.set_params(n_hidden=64, covariance_type="full")
+    est.fit(data.X, groups=data.groups, times=2 * data.times)
+    np.testing.assert_array_equal(est.fit_times_, 2 * data.times)
+    np.testing.assert_array_equal(est.predict(data.X, groups=data.groups),
+                                  est.predict(data.X, groups=data.groups, times=2 * data.times))
+
+
+def test_solver_change_takes_effect_without_refitting(fitted, data):
+    est = copy.deepcopy(fitted)
+    heun = est.predict(data.X, **_kw(data))
+    est.set_params(solver="euler")
+    euler = est.predict(data.X, **_kw(data))
+    assert est.vae_.solver == "euler"
+    assert np.abs(euler - heun).max() > 1e-4  # a first-order method on the same grid
+    est.set_params(solver="heun")
+    np.testing.assert_array_equal(est.predict(data.X, **_kw(data)), heun)
 
 
 def test_learning_rate_schedule_callable_bad_rate_names_it(data):
@@ -952,6 +1101,10 @@ def test_refinement_block_is_refused_with_cuda_graphs(data, monkeypatch):
     est = HierarchicalODEVAE(data.model, max_iter=1, training_refinement=2, refinement_block=4)
     with pytest.raises(ValueError, match="refinement_block=4 cannot be combined with CUDA graphs"):
         est.fit(data.X, **_kw(data))
+    # without refinement the block has no effect and is accepted (a grid over
+    # training_refinement with a fixed block must not fail at its 0 points)
+    est.set_params(training_refinement=0)._check_hyperparameters()
+    est.set_params(training_refinement=2)
     # with the graphs off it is accepted
     est.set_params(cuda_graphs=False)
     with warnings.catch_warnings():

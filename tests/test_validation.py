@@ -447,6 +447,15 @@ BAD_HYPERPARAMETERS = [
     ({"learning_rate": -0.1}, ValueError, r"learning_rate"),
     ({"learning_rate": 0.0}, ValueError, r"learning_rate"),
     ({"learning_rate": "fast"}, TypeError, r"learning_rate"),
+    ({"warm_start": "yes"}, TypeError, r"warm_start"),
+    ({"early_stopping": 1}, TypeError, r"early_stopping"),
+    ({"verbose": "x"}, TypeError, r"verbose"),
+    ({"verbose": -1}, ValueError, r"verbose"),
+    ({"checkpoint_path": 123}, TypeError, r"checkpoint_path"),
+    ({"tol": float("nan")}, ValueError, r"tol"),
+    ({"encoder_learning_rate": 0.0}, ValueError, r"encoder_learning_rate"),
+    ({"encoder_learning_rate": float("nan")}, ValueError, r"encoder_learning_rate"),
+    ({"encoder_learning_rate": "slow"}, TypeError, r"encoder_learning_rate"),
     ({"n_importance_samples": 0}, ValueError, r"n_importance_samples"),
     ({"n_importance_samples": 2.0}, TypeError, r"n_importance_samples"),
     ({"n_eval_samples": 0}, ValueError, r"n_eval_samples"),
@@ -666,3 +675,15 @@ def test_check_times_property(grid, t0):
         assert (np.diff(out, axis=1) >= 0).all()  # padding repeats the last time
         for row, ok in zip(out, valid):
             assert (np.diff(row[ok]) > 0).all()
+
+
+def test_numpy_scalars_are_accepted_as_hyperparameters(data):
+    est = HierarchicalODEVAE(max_iter=1, tol=np.float32(1e-3), validation_fraction=np.float32(0.25),
+                             early_stopping=np.bool_(True), verbose=np.int64(0), random_state=0)
+    est.fit(data.X, groups=data.groups, times=data.times)
+    assert len(est.validation_scores_) == 1
+
+
+def test_predict_return_std_must_be_a_bool(fitted, data):
+    with pytest.raises(TypeError, match="return_std"):
+        fitted.predict(data.X, groups=data.groups, times=data.times, return_std="yes")

@@ -30,6 +30,8 @@ Pooled features are layer-normalised so that early optimiser steps cannot
 throw the proposals far from the prior.
 """
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -82,11 +84,14 @@ class SeriesEncoder(nn.Module):
         )
         n_dense_in = 2 * n_hidden + n_inputs + sum(self.n_levels)
         self.norm = nn.LayerNorm(2 * n_hidden)
-        self.head = nn.Sequential(
-            nn.Linear(n_dense_in, n_hidden),
-            nn.ReLU(),
-            nn.Linear(n_hidden, 2 * n_outputs + n_offdiag + n_coupling),
-        )
+        with warnings.catch_warnings():
+            # a model without individual parameters has an empty output layer
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+            self.head = nn.Sequential(
+                nn.Linear(n_dense_in, n_hidden),
+                nn.ReLU(),
+                nn.Linear(n_hidden, 2 * n_outputs + n_offdiag + n_coupling),
+            )
         out = self.head[-1]
         with torch.no_grad():
             out.weight.mul_(0.1)
