@@ -730,8 +730,8 @@ def test_encoder_learning_rate_is_the_encoders_step(data):
     assert rates[False] == pytest.approx(0.005) and rates[True] == pytest.approx(5e-13)
 
     def moved(part):
-        before = getattr(start.vae_, part).state_dict()
-        return max(float((v - before[k]).abs().max()) for k, v in getattr(est.vae_, part).state_dict().items())
+        before, after = getattr(start.vae_, part).state_dict(), getattr(est.vae_, part).state_dict()
+        return max(float((v - before[k]).abs().max()) for k, v in after.items())
 
     assert moved("encoder") < 1e-9 and moved("q_global") > 1e-3
     # None: one step size for all, the training of before
@@ -1084,13 +1084,29 @@ def test_refinement_block_changes_nothing_without_refinement(data):
 
 
 @ignore_convergence
+def test_refinement_blocks_are_reproducible_and_resume_exactly(data):
+    # a seeded blocked fit repeats itself, and two epochs then a warm start of two more
+    # (blocks restart with the epoch) equal four epochs in one fit
+    kw = dict(batch_size=6, training_refinement=2, refinement_block=3, n_importance_samples=8)
+    a, b = _fit(data, max_iter=4, **kw), _fit(data, max_iter=4, **kw)
+    assert a.loss_curve_ == b.loss_curve_
+    c = _fit(data, max_iter=2, **kw)
+    c.set_params(warm_start=True).fit(data.X, **_kw(data))
+    np.testing.assert_allclose(c.loss_curve_, a.loss_curve_, rtol=1e-6)
+    other = _fit(data, max_iter=4, random_state=1, **kw)
+    assert other.loss_curve_ != a.loss_curve_
+
+
+@ignore_convergence
 def test_refinement_blocks_train_as_well_as_per_minibatch_refinement(data):
     # the shared draw and proposals up to two steps old do not hurt the fit on this problem
+    # (one-sided, and 20%: the two runs draw differently and either may end ahead, by about
+    # 10% on some machines; 10 and 20 epochs of blocks score 4 and 17 against about 18 at 30)
     kw = dict(max_iter=30, batch_size=6, training_refinement=3, n_importance_samples=16)
     per_batch = _fit(data, **kw)
     blocked = _fit(data, refinement_block=4, **kw)
     score = lambda est: est.score(data.X, **_kw(data))  # noqa: E731
-    assert abs(score(blocked) - score(per_batch)) < 0.1 * abs(score(per_batch))
+    assert score(blocked) > score(per_batch) - 0.2 * abs(score(per_batch))
     assert blocked.loss_curve_[-1] < blocked.loss_curve_[0] - 0.5 * abs(blocked.loss_curve_[0])
 
 
