@@ -1134,8 +1134,6 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             vals = torch.stack([out["params"][n].expand_as(w) for n in names], -1)
             rows.append((w.unsqueeze(-1) * vals).sum(1).cpu().numpy())
             failed.append((w.sum(-1) == 0).cpu().numpy())
-        if not rows:
-            return np.zeros((0, len(names)))
         means = np.concatenate(rows).astype(np.float64)
         means[_warn_failed(np.concatenate(failed), "their posterior means are NaN")] = np.nan
         return means
@@ -1316,8 +1314,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 for n in names:
                     v = res["params"][n].expand_as(w)
                     ind[n].append(torch.gather(v, 1, pick).t().cpu().numpy())
-            failed = _warn_failed(np.concatenate(failed) if failed else np.zeros(0, bool),
-                                  "their individual draws are NaN")
+            failed = _warn_failed(np.concatenate(failed), "their individual draws are NaN")
             out = self.vae_.hierarchy.describe_global(g)
             mcse = {k: v.std(0) / math.sqrt(n_draws) for k, v in out.items()}
             diagnostics = {"mcse_method": "variational", "local_ess": torch.cat(local_ess).numpy()}
