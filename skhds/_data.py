@@ -62,6 +62,7 @@ class SeriesData:
             self.mask &= valid_times[:, None, :]
         self.y = np.where(self.mask, y, 0.0)
         self.times = times
+        self.valid_times = valid_times
         self.inputs = inputs
         self.codes = codes
         self.t0 = float(t0)
@@ -76,6 +77,7 @@ class SeriesData:
         out = object.__new__(SeriesData)
         out.mask, out.y = self.mask[idx], self.y[idx]
         out.times = self.times if self.times.ndim == 1 else self.times[idx]
+        out.valid_times = None if self.valid_times is None else self.valid_times[idx]
         out.inputs, out.codes, out.t0 = self.inputs[idx], self.codes[idx], self.t0
         return out
 

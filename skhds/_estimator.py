@@ -28,6 +28,7 @@ from ._data import EncoderScaling, SeriesData
 from ._persistence import decode_state, encode_state, to_numpy, to_torch
 from ._validation import (
     check_bool,
+    check_float32_range,
     check_groups,
     check_inputs,
     check_learning_rate_schedule,
@@ -132,6 +133,14 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         Learn the population location and between-series spread of individual
         and group parameters (mixed-effects style), or fix them at the declared
         priors (the reference implementation's behaviour).
+    categories : dict or None, default=None
+        Levels of grouping factors, declared up front: ``{factor: levels}``
+        (in the order of ``categories_``). A declared level that the
+        training data lack gets group parameters from the learned group
+        distribution, and a later ``partial_fit`` or warm start with its
+        series learns them (levels first seen in a warm start cannot be added
+        to a fitted model). Factors not named are learned from the data;
+        ``fit`` refuses levels of a named factor that are not declared.
     n_hidden : int, default=64
         Width of the encoder.
     covariance_type : {"full", "diag"}, default="full"
@@ -270,7 +279,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                  encoder_learning_rate=None,
                  max_iter=1000, tol=1e-3,
                  n_iter_no_change=100, early_stopping=False, validation_fraction=0.1,
-                 gradient_estimator="dreg", random_effects="learned", n_hidden=64,
+                 gradient_estimator="dreg", random_effects="learned", categories=None, n_hidden=64,
                  covariance_type="full", random_state=None, device="cpu", dtype="float32", verbose=0,
                  warm_start=False,
                  checkpoint_path=None, tensorboard_dir=None, training_refinement=0,
@@ -291,6 +300,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.gradient_estimator = gradient_estimator
         self.random_effects = random_effects
+        self.categories = categories
         self.n_hidden = n_hidden
         self.covariance_type = covariance_type
         self.random_state = random_state
@@ -391,16 +401,20 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             if len(self.fit_times_) == T:
                 times = self.fit_times_  # default to the shared grid seen in fit
         t, valid = check_times(times, n, T, t0=model.t0)
+        u = check_inputs(inputs, n, model.inputs)
+        float32 = (_DTYPES[self.dtype] if fitting else self.vae_.q_global.loc.dtype) == torch.float32
+        if float32:
+            seen = X if valid is None else np.where(valid[:, None, :], X, np.nan)
+            for name, arr in (("X", seen), ("times", t), ("inputs", u)):
+                check_float32_range(arr, name)
         if reset or (fitting and given):
             self.fit_times_ = t if t.ndim == 1 else None
-        u = check_inputs(inputs, n, model.inputs)
         factors = self._factor_names(model)
         # A model without group parameters ignores labels (they may be a
         # classifier's target passed on as ``y`` in a Pipeline).
         gdf = check_groups(groups if factors else None, n, factors)
         if reset:
-            self.categories_ = {f: np.array(sorted(pd.unique(gdf[f]), key=_sort_key), dtype=object)
-                                for f in factors}
+            self.categories_ = _categories(self.categories, gdf, factors)
         codes = np.full((n, len(factors)), -1, dtype=np.int64)
         unseen = {}
         for j, f in enumerate(factors):
@@ -409,7 +423,17 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             codes[:, j] = [lookup.get(v, -1) for v in col]
             if (codes[:, j] < 0).any():
                 unseen[f] = sorted({v for v in col if v not in lookup}, key=_sort_key)
-        if unseen:
+        if unseen and fitting:
+            warnings.warn(
+                f"Group levels not in categories_ in a warm start or partial_fit: {unseen}. A "
+                "fitted model keeps its levels: these series train with their group parameters "
+                "marginalised over the learned group distribution, and the levels get no "
+                "parameters of their own. Declare every level before the first fit with the "
+                "categories parameter, or fit afresh (warm_start=False).",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif unseen:
             warnings.warn(
                 f"Group levels not seen in training: {unseen}. Their group parameters are "
                 "marginalised over the learned group distribution (zero-shot prediction). The "
@@ -426,7 +450,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         return [f for f in model.factors if f in used]
 
     # ------------------------------------------------------------ build
-    def _build(self, data, device, dtype):
+    def _build(self, data, device, dtype, codes=None):
+        """The networks and ``q(g)``; ``codes``: the training series' level codes (a fresh fit)."""
         specs = check_model(self.model_)
         factors = self._factor_names(self.model_)
         n_levels = {f: len(self.categories_[f]) for f in factors}
@@ -439,6 +464,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             global_scale=torch.as_tensor(hier.prior_scale, dtype=dtype),
         )
         init_scale = np.minimum(0.1 * hier.prior_scale, 0.1)
+        # declared levels without training series start at their prior (what they stay
+        # at, up to the learned group distribution) rather than narrow
+        for spec in hier.group if codes is not None else ():
+            j, i_v = factors.index(spec.factor), hier.grp_index[spec.name][2]
+            empty = i_v + np.flatnonzero(np.bincount(codes[:, j], minlength=n_levels[spec.factor]) == 0)
+            init_scale[empty] = hier.prior_scale[empty]
         q = MeanFieldGaussian(torch.as_tensor(hier.prior_loc, dtype=dtype),
                               torch.as_tensor(init_scale, dtype=dtype))
         vae = HierarchicalVAE(self.model_, hier, encoder, q, self.solver,
@@ -469,7 +500,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         inputs : array-like of shape (n_series, n_inputs), optional
             Per-series inputs (treatments, doses).
         times : array-like of shape (n_times,) or (n_series, n_times), optional
-            Observation times; per-series grids may be NaN-padded at the end.
+            Observation times; per-series grids may be NaN-padded at the end
+            (values of ``X`` under the padding are ignored, like NaN).
             Default ``0, 1, ..., n_times - 1``. After fitting on a shared grid,
             that grid is the default of the other methods for ``X`` with as
             many time points.
@@ -530,7 +562,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self._seed + 1)
-                self.vae_ = self._build(train, device, dtype)
+                self.vae_ = self._build(train, device, dtype, codes=train.codes)
             self._fitted_structure = self._structure()
             self.loss_curve_, self.validation_scores_, self._history = [], [], []
             self.n_iter_, self.best_loss_, self._epoch_seed = 0, math.inf, self._seed
@@ -572,14 +604,15 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     def _structure(self):
         """The hyperparameters that shape the fitted model and networks."""
         model = self.model if self.model is not None else LogisticGrowth()
-        return {"model": repr(model), "n_hidden": self.n_hidden,
+        return {"model": repr(model), "n_hidden": self.n_hidden, "categories": repr(self.categories),
                 "covariance_type": self.covariance_type, "random_effects": self.random_effects}
 
     def _warn_structure_changed(self):
         fitted = getattr(self, "_fitted_structure", None)  # None: saved by an earlier version
         if fitted is None:
             return
-        changed = [k for k, v in self._structure().items() if fitted.get(k) != v]
+        # a key missing from ``fitted`` was saved before it was recorded: not a change
+        changed = [k for k, v in self._structure().items() if k in fitted and fitted[k] != v]
         if changed:
             warnings.warn(
                 f"{', '.join(changed)} changed since the estimator was fitted; a warm start or "
@@ -1068,19 +1101,19 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         -------
         mean : numpy.ndarray of shape (n_series, n_observables, n_out)
             Posterior predictive mean (NaN for series whose importance samples
-            all failed to simulate).
+            all failed to simulate, and at the NaN padding of per-series grids).
         std : numpy.ndarray of the same shape
             Only with ``return_std=True``.
         """
         refine = check_positive_int(refine, "refine", minimum=0)
         return_std = check_bool(return_std, "return_std")
         data = self._prepare(X, groups, inputs, times, reset=False)
-        pt = None
+        pt, valid = None, data.valid_times
         if prediction_times is not None:
             shape = np.shape(prediction_times)
             n_out = shape[-1] if len(shape) else 0
-            pt, _ = check_times(prediction_times, data.n_series, n_out, t0=self.model_.t0,
-                                name="prediction_times")
+            pt, valid = check_times(prediction_times, data.n_series, n_out, t0=self.model_.t0,
+                                    name="prediction_times")
         device, dtype = self._device_dtype()
         gen = self._generator(device, self._eval_seed + 1)
         means, stds = [], []
@@ -1093,7 +1126,11 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             means.append(m.cpu().numpy())
             stds.append(np.sqrt(v.cpu().numpy()))
         mean = np.concatenate(means).astype(np.float64)
-        return (mean, np.concatenate(stds).astype(np.float64)) if return_std else mean
+        std = np.concatenate(stds).astype(np.float64)
+        if valid is not None:  # no prediction at the padding of ragged grids
+            mean[~np.broadcast_to(valid[:, None, :], mean.shape)] = np.nan
+            std[~np.broadcast_to(valid[:, None, :], std.shape)] = np.nan
+        return (mean, std) if return_std else mean
 
     def _weighted_individual(self, data, K, gen, refine=0):
         for out in self._evaluations(data, K, gen, refine):
@@ -1292,6 +1329,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         if method == "variational" and n_replicates != 1:
             raise ValueError("n_replicates applies to method='importance' only (the variational "
                              f"draws are independent); got n_replicates={n_replicates}.")
+        if method == "variational" and n_draws < 2:
+            raise ValueError("n_draws must be at least 2 (the Monte Carlo standard error of the "
+                             f"means needs two draws), got n_draws={n_draws}.")
         if n_draws < 2 * n_replicates:
             raise ValueError(f"n_draws must be at least twice n_replicates (each replicate gives "
                              f"n_draws / n_replicates draws), got n_draws={n_draws} and "
@@ -1850,6 +1890,37 @@ def _row(name, level, factor, group_level, draws):
     return {"parameter": name, "level": level, "factor": factor, "group_level": group_level,
             "mean": float(np.mean(draws)), "sd": float(np.std(draws)), "q05": q[0],
             "median": q[1], "q95": q[2]}
+
+
+def _categories(declared, gdf, factors):
+    """The levels of each factor: declared ones (``categories``) or those in ``gdf``."""
+    declared = {} if declared is None else declared
+    if not isinstance(declared, dict):
+        raise TypeError(f"categories must be None or a dict {{factor: levels}}, got {declared!r}.")
+    unknown = [f for f in declared if f not in factors]
+    if unknown:
+        raise ValueError(f"categories names factors {unknown} that the model does not use; its "
+                         f"factors are {list(factors)}.")
+    out = {}
+    for f in factors:
+        seen = sorted(pd.unique(gdf[f]), key=_sort_key)
+        if f not in declared:
+            out[f] = np.array(seen, dtype=object)
+            continue
+        levels = declared[f]
+        if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__"):
+            raise TypeError(f"categories[{f!r}] must be a list of levels, got {levels!r}.")
+        levels = pd.Series(list(levels), dtype=object)
+        if levels.empty or levels.isna().any() or levels.duplicated().any():
+            raise ValueError(f"categories[{f!r}] must hold at least one level, each once and "
+                             f"none missing; got {list(levels)}.")
+        known = set(levels)
+        extra = [v for v in seen if v not in known]
+        if extra:
+            raise ValueError(f"groups has levels {extra} of factor {f!r} that categories[{f!r}] "
+                             "does not declare.")
+        out[f] = np.array(list(levels), dtype=object)
+    return out
 
 
 def _sort_key(v):

@@ -335,7 +335,29 @@ class HierarchicalVAE(torch.nn.Module):
             batch["enc_y"], batch["mask"].to(batch["enc_y"].dtype), batch["enc_times"],
             batch["enc_inputs"], batch["codes"],
         )
-        return (*out, None)[:3]
+        loc, scale, coupling = (*out, None)[:3]
+        if coupling is not None:
+            coupling = coupling * self._series_coupling_mask(batch["codes"]).unsqueeze(1).to(coupling)
+        return loc, scale, coupling
+
+    def _series_coupling_mask(self, codes):
+        """Which global latents each series' proposal may follow: ``(S, D)`` bool.
+
+        All but the group hyperparameters (``coupling_mask``) and the values of
+        group levels other than the series' own: ``p(y_i, z_i | g)`` depends on
+        its level's value only. (Coupled to all levels, a proposal picks up the
+        noise of every other level's draw, and a level without training series,
+        whose ``q(g)`` stays as wide as its group distribution, shakes all
+        proposals.) A series of a level unseen in training follows none.
+        """
+        mask = self.coupling_mask.expand(codes.shape[0], -1).clone()
+        for spec in self.hierarchy.group:
+            i_v = self.hierarchy.grp_index[spec.name][2]
+            n_levels = self.hierarchy.n_levels[spec.factor]
+            c = codes[:, self.factor_index[spec.factor]]
+            # (no one_hot: it checks the codes' range on the host, a sync in captured passes)
+            mask[:, i_v : i_v + n_levels] = c.unsqueeze(-1) == torch.arange(n_levels, device=c.device)
+        return mask
 
     # ------------------------------------------------------ log weights
     def log_weights(self, batch, K, g, generator, detach_q=False, include_global=False, local=None,
@@ -900,6 +922,7 @@ class HierarchicalVAE(torch.nn.Module):
                 dg = self._coupling_delta(g)
                 dg = dg.to(torch.float64)  # (K, D)
                 slope = _weighted_slopes(w, dg, z, coupling.to(torch.float64))
+                slope = slope * self._series_coupling_mask(batch["codes"]).unsqueeze(1)
                 # With few effective draws the slope is kept and only the mean moves.
                 fit = ok & (ess >= dg.shape[1] + n + 2.0)
                 coupling = torch.where(fit[:, None, None], slope.to(dtype), coupling)

@@ -12,6 +12,7 @@ import pandas as pd
 
 __all__ = [
     "check_observations",
+    "check_float32_range",
     "check_times",
     "check_inputs",
     "check_groups",
@@ -119,6 +120,26 @@ def check_observations(X, n_observables=None):
     return arr
 
 
+def check_float32_range(arr, name):
+    """Refuse values that float32 cannot hold (they would become infinite).
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        Validated float64 values (NaN allowed).
+    name : str
+        Argument name used in the error message.
+    """
+    limit = np.finfo(np.float32).max
+    with np.errstate(invalid="ignore"):
+        big = np.abs(arr) > limit
+    if big.any():
+        raise ValueError(
+            f"{name} has values beyond the float32 range (largest magnitude "
+            f"{np.nanmax(np.abs(arr)):.3g} > {limit:.3g}); rescale them, or use dtype='float64'."
+        )
+
+
 def check_times(times, n_series, n_times, t0=0.0, name="times"):
     """Validate a shared ``(n_times,)`` or per-series ``(n_series, n_times)`` time grid.
 
@@ -147,8 +168,12 @@ def check_times(times, n_series, n_times, t0=0.0, name="times"):
     """
     if times is None:
         return np.arange(n_times, dtype=np.float64) + t0, None
+    if np.iscomplexobj(times):
+        raise TypeError(f"{name} must be real-valued, got complex numbers.")
     try:
-        t = np.asarray(times, dtype=np.float64)
+        # a copy: the grid may become an attribute (fit_times_), and torch
+        # warns about read-only arrays
+        t = np.array(times, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be numeric: {exc}") from exc
     if t.ndim == 0 or t.shape[-1] == 0:
@@ -229,6 +254,8 @@ def check_inputs(inputs, n_series, input_names):
         if missing:
             raise ValueError(f"inputs DataFrame lacks columns {missing} declared by the model.")
         inputs = inputs[list(input_names)].to_numpy()
+    if np.iscomplexobj(inputs):
+        raise TypeError("inputs must be real-valued, got complex numbers.")
     try:
         u = np.asarray(inputs, dtype=np.float64)
     except (TypeError, ValueError) as exc:

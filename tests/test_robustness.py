@@ -376,6 +376,27 @@ def test_single_minibatch_epoch_is_retried_at_the_halved_rate(decay_data, nan_ad
     assert hist["loss"].iloc[2] != reference.history_["loss"].iloc[1]
 
 
+def test_rollback_inside_a_refinement_block_is_reproducible(decay_data, nan_adam):
+    """A rolled-back update in the middle of a block of refined minibatches: the epoch
+    goes on from its start at half the rate with the block's remaining proposals, and a
+    second fit with the same failure repeats the first exactly."""
+    X, times = decay_data
+    kw = dict(max_iter=3, batch_size=3, training_refinement=2, refinement_block=4)
+
+    def run():
+        nan_adam.steps, nan_adam.nan_at = 0, 6  # epoch 2's second of four updates
+        return _small(TwoDecay(), **kw).fit(X, times=times)
+
+    a, b = run(), run()
+    assert a.history_["rollbacks"].tolist() == [0, 1, 0]
+    np.testing.assert_allclose(a.history_["learning_rate"], [0.01, 0.005, 0.005])
+    assert _params_finite(a) and np.isfinite(a.loss_curve_).all()
+    assert a.loss_curve_ == b.loss_curve_ and _same_state(_state(a), _state(b))
+    nan_adam.steps, nan_adam.nan_at = 0, None
+    clean = _small(TwoDecay(), **kw).fit(X, times=times)
+    assert clean.loss_curve_[0] == a.loss_curve_[0] and clean.loss_curve_[1:] != a.loss_curve_[1:]
+
+
 def test_repeated_rollbacks_in_one_epoch_keep_halving_the_rate(decay_data, nan_adam):
     X, times = decay_data
     nan_adam.nan_at = 1  # the first update fails; the epoch goes on from its start at 0.005
@@ -724,6 +745,11 @@ def test_missing_and_irregular_data_end_to_end(scenario):
     assert _params_finite(est)
     pred, std = est.predict(X, times=times, return_std=True)
     assert pred.shape == X.shape
+    # NaN exactly at the padding of ragged grids (no time there), finite elsewhere
+    padded = np.zeros(X.shape, bool) if times.ndim == 1 else np.broadcast_to(
+        np.isnan(times)[:, None, :], X.shape)
+    assert np.isnan(pred[padded]).all() and np.isnan(std[padded]).all()
+    pred, std = pred[~padded], std[~padded]
     assert np.isfinite(pred).all() and np.isfinite(std).all()
     # Decays from positive initial values stay in a physical range, also for
     # observables that were never measured in a series.
@@ -733,6 +759,9 @@ def test_missing_and_irregular_data_end_to_end(scenario):
     assert np.isfinite(est.transform(X, times=times)).all()
     dense = np.linspace(0.0, 8.0, 17)
     assert np.isfinite(est.predict(X, times=times, prediction_times=dense)).all()
+    if times.ndim == 2:  # a padded per-series output grid: NaN at its padding only
+        out = est.predict(X, times=times, prediction_times=times + 0.5)
+        np.testing.assert_array_equal(np.isnan(out), padded)
 
 
 def test_masked_log_likelihood_counts_exactly_the_observed_entries():

@@ -28,3 +28,42 @@ def test_cholesky_of_a_matrix_that_is_not_positive_definite_is_not_finite():
     a[2] = -torch.eye(5, dtype=torch.float64)
     finite = torch.isfinite(_cholesky(a)).flatten(1).all(-1)
     assert finite.tolist() == [True, True, False, True, True, True]
+
+
+def test_proposals_follow_the_globals_of_their_own_group_level_only():
+    """A series' proposal mean is coupled to its own level's group value, not to other
+    levels' (its likelihood and individual prior do not depend on them), nor to the group
+    hyperparameters; one of an unseen level to no level value. Adaptive refinement keeps it so."""
+    import warnings
+
+    import numpy as np
+
+    from skhds import HierarchicalODEVAE
+    from skhds.datasets import make_logistic_growth
+
+    data = make_logistic_growth(n_series=12, n_times=10, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = HierarchicalODEVAE(data.model, max_iter=1, random_state=0).fit(
+            data.X, groups=data.groups, times=data.times)
+    vae, hier = est.vae_, est.vae_.hierarchy
+    groups = np.array(data.groups, dtype=object)
+    groups[-1] = "unseen"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        series = est._prepare(data.X, groups, None, data.times, reset=False)
+    p = vae.q_global.loc
+    batch = series.batch(np.arange(12), est.scaling_, est.dt, p.device, p.dtype)
+    i_mu, i_tau, i_v = hier.grp_index["K"]
+    codes = batch["codes"][:, 0]
+    own = torch.zeros((12, 3), dtype=torch.bool)
+    own[torch.arange(11), codes[:11]] = True
+    with torch.no_grad():
+        coupling = vae.encode(batch)[2]
+        refined = vae.refine_local(batch, 64, 2, torch.Generator().manual_seed(0))[2]
+    for b in (coupling, refined):
+        levels = b[:, :, i_v : i_v + 3].abs().amax(1)  # (S, levels)
+        assert bool((levels[~own] == 0).all())
+        assert bool((levels[own] > 0).all())
+        assert bool((b[:, :, [i_mu, i_tau]] == 0).all())
+        assert float(b[:, :, hier.pop_index["x0"]].abs().min()) > 0  # shared ones: all series

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from skhds import HierarchicalODEVAE, ODEModel, Parameter
-from skhds._validation import check_observations, check_times
+from skhds._validation import check_inputs, check_observations, check_times
 from skhds.datasets import make_logistic_growth, simulate
 from skhds.distributions import LogNormal
 from skhds.models import LogisticGrowth
@@ -189,6 +189,50 @@ def test_X_strings(data):
 def test_X_complex(data):
     with pytest.raises(TypeError, match=r"X must be real-valued"):
         _est().fit(data.X + 1j, groups=data.groups, times=data.times)
+
+
+def test_times_and_inputs_complex(data):
+    with pytest.raises(TypeError, match=r"times must be real-valued"):
+        _est().fit(data.X, groups=data.groups, times=data.times + 0j)
+    with pytest.raises(TypeError, match=r"prediction_times must be real-valued"):
+        check_times(data.times + 1j, data.X.shape[0], data.X.shape[2], name="prediction_times")
+    with pytest.raises(TypeError, match=r"inputs must be real-valued"):
+        check_inputs(np.ones((3, 1)) * 1j, 3, ("u",))
+
+
+def test_read_only_times_are_copied_without_a_torch_warning(data):
+    times = data.times.copy()
+    times.setflags(write=False)
+    out, _ = check_times(times, data.X.shape[0], data.X.shape[2])
+    assert out.flags.writeable and not np.shares_memory(out, times)
+    X = data.X.copy()
+    X.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # torch: "The given NumPy array is not writable"
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = _est(max_iter=1).fit(X, groups=data.groups, times=times)
+        est.predict(X, groups=data.groups)
+    assert est.fit_times_.flags.writeable
+
+
+def test_values_beyond_float32_are_refused_in_float32_only(data):
+    X = data.X.copy()
+    X[2, 0, 3] = 1e39
+    with pytest.raises(ValueError, match=r"X has values beyond the float32 range .*dtype='float64'"):
+        _est(max_iter=1).fit(X, groups=data.groups, times=data.times)
+    with pytest.raises(ValueError, match=r"times has values beyond the float32 range"):
+        _est(max_iter=1).fit(data.X, groups=data.groups, times=data.times * 1e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = _est(max_iter=1).fit(data.X, groups=data.groups, times=data.times)
+        wide = _est(max_iter=1, dtype="float64").fit(data.X, groups=data.groups, times=data.times)
+    with pytest.raises(ValueError, match=r"X has values beyond the float32 range"):
+        est.predict(X, groups=data.groups)
+    assert wide.predict(X, groups=data.groups).shape == X.shape  # float64 holds 1e39
+    # values under the NaN padding of a per-series grid are ignored, also here
+    times = np.tile(data.times, (X.shape[0], 1))
+    times[2, 3:] = np.nan
+    assert np.isnan(est.predict(X, groups=data.groups, times=times)[2, :, 3:]).all()
 
 
 def test_X_ragged_nested_lists():

@@ -154,6 +154,9 @@ def to_long_format(X, times, *, series_ids=None, observable_names=None, std=None
         "value": X.ravel(),
     }
     if std is not None:
-        out["std"] = np.asarray(std, dtype=float).reshape(X.shape).ravel()
+        std = np.asarray(std, dtype=float)
+        if std.shape != X.shape:
+            raise ValueError(f"std must have the shape of X {X.shape}; got {std.shape}.")
+        out["std"] = std.ravel()
     df = pd.DataFrame(out)
     return df[~np.isnan(df["time"].to_numpy())].reset_index(drop=True)

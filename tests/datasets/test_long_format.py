@@ -188,6 +188,8 @@ def test_to_long_format_errors():
         to_long_format(X, np.arange(4.0))
     with pytest.raises(ValueError, match="series_ids"):
         to_long_format(X, np.arange(3.0), series_ids=["a"])
+    with pytest.raises(ValueError, match=r"std must have the shape of X \(2, 1, 3\); got \(3,\)"):
+        to_long_format(X, np.arange(3.0), std=np.ones(3))  # broadcastable, but not X's shape
 
 
 @pytest.mark.parametrize("ragged", [False, True])

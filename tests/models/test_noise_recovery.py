@@ -79,7 +79,11 @@ def _outlier_data():
 # with outliers: seed 0 ended with sigma at 1.54 x the truth and training score 14.3 on
 # the current CI host (1 thread), seeds 1-3 at 1.22-1.24 x and 16.8 (seed 1); on an
 # earlier host seed 0 gave 1.26 x.
-RESTARTS = {("outliers", "student"): 2}
+# Combined error: seed 0 ended with a at 1.32 x the truth and training score 19.06 once
+# proposals followed only their own group level (2026-11-29); seeds 1 and 2 at 1.03 and
+# 1.00 x, scores 19.24 and 19.30. Over seven fits at two data seeds, one missed (two did
+# before that change: a at 1.26 and 2.71 x).
+RESTARTS = {("outliers", "student"): 2, ("combined", "combined"): 2}
 
 
 def _fit(data, noise, case, restarts=1):
@@ -171,6 +175,7 @@ def test_simulated_residuals_match_the_log_density(case):
 # Measured at these seeds: posterior mean / truth and z = (mean - truth) / posterior sd:
 #   gaussian sigma 0.987 (z -0.3)   proportional b 1.015 (+0.2)
 #   combined a 0.990 (-0.1), b 1.039 (+0.6)   laplace scale 1.029 (+0.5)
+#   (combined since 2026-11-29 the better of two restarts: a 1.027, b 1.018)
 #   student sigma 1.051 (+1.0) (at 100 + 30 epochs; a change of round-off in the solver
 #   later moved that fit to 1.26, hence its longer first stage, FIRST_STAGE_EPOCHS)
 # At three other seeds (two other datasets, one other estimator seed), |mean / truth - 1|
