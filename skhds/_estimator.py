@@ -29,6 +29,7 @@ from ._persistence import decode_state, encode_state, to_numpy, to_torch
 from ._validation import (
     check_bool,
     check_float32_range,
+    check_float32_times,
     check_groups,
     check_inputs,
     check_learning_rate_schedule,
@@ -139,8 +140,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         training data lack gets group parameters from the learned group
         distribution, and a later ``partial_fit`` or warm start with its
         series learns them (levels first seen in a warm start cannot be added
-        to a fitted model). Factors not named are learned from the data;
-        ``fit`` refuses levels of a named factor that are not declared.
+        to a fitted model). Factors not named are learned from the data. A
+        fresh ``fit`` refuses levels of a named factor that are not declared
+        (a warm start warns and trains their series as of an unseen level).
     n_hidden : int, default=64
         Width of the encoder.
     covariance_type : {"full", "diag"}, default="full"
@@ -404,9 +406,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         u = check_inputs(inputs, n, model.inputs)
         float32 = (_DTYPES[self.dtype] if fitting else self.vae_.q_global.loc.dtype) == torch.float32
         if float32:
-            seen = X if valid is None else np.where(valid[:, None, :], X, np.nan)
-            for name, arr in (("X", seen), ("times", t), ("inputs", u)):
-                check_float32_range(arr, name)
+            check_float32_range(X if valid is None else np.where(valid[:, None, :], X, np.nan), "X")
+            check_float32_times(t, valid)
+            check_float32_range(u, "inputs")
         if reset or (fitting and given):
             self.fit_times_ = t if t.ndim == 1 else None
         factors = self._factor_names(model)
@@ -431,7 +433,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
                 "parameters of their own. Declare every level before the first fit with the "
                 "categories parameter, or fit afresh (warm_start=False).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # _prepare <- _fit <- fit / partial_fit <- the caller
             )
         elif unseen:
             warnings.warn(
@@ -501,7 +503,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             Per-series inputs (treatments, doses).
         times : array-like of shape (n_times,) or (n_series, n_times), optional
             Observation times; per-series grids may be NaN-padded at the end
-            (values of ``X`` under the padding are ignored, like NaN).
+            (finite values of ``X`` under the padding are ignored, like NaN).
             Default ``0, 1, ..., n_times - 1``. After fitting on a shared grid,
             that grid is the default of the other methods for ``X`` with as
             many time points.
@@ -604,7 +606,11 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
     def _structure(self):
         """The hyperparameters that shape the fitted model and networks."""
         model = self.model if self.model is not None else LogisticGrowth()
-        return {"model": repr(model), "n_hidden": self.n_hidden, "categories": repr(self.categories),
+        categories = self.categories
+        if isinstance(categories, dict):  # compared by value, whatever the containers
+            categories = {f: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v
+                          for f, v in categories.items()}
+        return {"model": repr(model), "n_hidden": self.n_hidden, "categories": categories,
                 "covariance_type": self.covariance_type, "random_effects": self.random_effects}
 
     def _warn_structure_changed(self):
@@ -1114,6 +1120,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             n_out = shape[-1] if len(shape) else 0
             pt, valid = check_times(prediction_times, data.n_series, n_out, t0=self.model_.t0,
                                     name="prediction_times")
+            if self.vae_.q_global.loc.dtype == torch.float32:
+                check_float32_times(pt, valid, "prediction_times")
         device, dtype = self._device_dtype()
         gen = self._generator(device, self._eval_seed + 1)
         means, stds = [], []
@@ -1264,7 +1272,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         times : array-like of shape (n_times,) or (n_series, n_times), optional
             As in :meth:`fit`.
         n_draws : int, default=100
-            Number of posterior draws.
+            Number of posterior draws (at least 2, and at least twice
+            ``n_replicates``).
         method : {"variational", "importance"}, default="variational"
             How the global (population and group) quantities are drawn.
         refine : int, default=0
@@ -1908,8 +1917,9 @@ def _categories(declared, gdf, factors):
             out[f] = np.array(seen, dtype=object)
             continue
         levels = declared[f]
-        if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__"):
-            raise TypeError(f"categories[{f!r}] must be a list of levels, got {levels!r}.")
+        if isinstance(levels, (str, bytes, set, frozenset, dict)) or not hasattr(levels, "__len__"):
+            raise TypeError(f"categories[{f!r}] must be a sequence of levels (their order is "
+                            f"that of categories_), got {levels!r}.")
         levels = pd.Series(list(levels), dtype=object)
         if levels.empty or levels.isna().any() or levels.duplicated().any():
             raise ValueError(f"categories[{f!r}] must hold at least one level, each once and "

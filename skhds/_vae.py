@@ -957,7 +957,9 @@ class HierarchicalVAE(torch.nn.Module):
     def _log_joint_local(self, batch, g, z):
         """``log p(y_i | z_i, g) + log p(z_i | g)`` for one global draw ``g`` (1, D) and ``z`` (S, n)."""
         zz = z.unsqueeze(1)
-        params = self.hierarchy.params(g, zz, batch["codes"], self.factor_index, None)
+        # a level unseen in training at its group's location: a deterministic objective
+        params = self.hierarchy.params(g, zz, batch["codes"], self.factor_index, None,
+                                       unseen="location")
         means, noise_scale = self.simulate(params, batch, 1, return_noise_scale=True)
         out = self.log_likelihood(means, batch, params, noise_scale)
         out = out + self.hierarchy.individual_log_prior(g, zz)
@@ -1064,15 +1066,16 @@ class HierarchicalVAE(torch.nn.Module):
             # How the conditional mode moves with the global latents (implicit function
             # theorem): d z* / d g = -H_zz^-1 H_zg, with H_zg by central differences.
             gs = self.q_global.scale.detach().to(torch.float64)
+            follows = self._series_coupling_mask(batch["codes"])  # (S, D)
             hzg = torch.zeros((S, n, g.shape[1]), dtype=torch.float64, device=loc.device)
-            for d in torch.nonzero(self.coupling_mask).flatten().tolist():
+            for d in torch.nonzero(follows.any(0)).flatten().tolist():
                 step = max(0.05 * float(gs[d]), 1e-4)
                 e = torch.zeros_like(g)
                 e[0, d] = step
                 dgrad = grad_at(mode, g + e) - grad_at(mode, g - e)
                 hzg[:, :, d] = dgrad / (2 * step)
             with torch.no_grad():
-                new_coupling = (post_cov @ hzg).to(coupling.dtype)
+                new_coupling = (post_cov @ hzg * follows.unsqueeze(1)).to(coupling.dtype)
                 new_coupling = torch.where(torch.isfinite(new_coupling), new_coupling, coupling)
                 shift_new = torch.einsum("snd,kd->sn", new_coupling, delta)
         with torch.no_grad():

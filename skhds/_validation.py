@@ -13,6 +13,7 @@ import pandas as pd
 __all__ = [
     "check_observations",
     "check_float32_range",
+    "check_float32_times",
     "check_times",
     "check_inputs",
     "check_groups",
@@ -140,6 +141,31 @@ def check_float32_range(arr, name):
         )
 
 
+def check_float32_times(t, valid, name="times"):
+    """Refuse a grid that float32 cannot hold: out of range, or steps it rounds to zero.
+
+    Parameters
+    ----------
+    t : numpy.ndarray
+        A grid validated by :func:`check_times` (padding replaced).
+    valid : numpy.ndarray of bool or None
+        Its mask of real time points.
+    name : str, default="times"
+        Argument name used in the error message.
+    """
+    check_float32_range(t, name)
+    t32 = t.astype(np.float32)
+    d = np.diff(t32[None] if t32.ndim == 1 else t32, axis=-1)
+    if valid is not None:
+        d = np.where(valid[:, 1:], d, 1.0)
+    if (d <= 0).any():
+        raise ValueError(
+            f"{name} has steps that float32 rounds to zero (its resolution near {np.abs(t).max():.3g} "
+            f"is {np.spacing(np.float32(np.abs(t).max())):.3g}); shift the time origin, change the "
+            "unit, or use dtype='float64'."
+        )
+
+
 def check_times(times, n_series, n_times, t0=0.0, name="times"):
     """Validate a shared ``(n_times,)`` or per-series ``(n_series, n_times)`` time grid.
 
@@ -168,14 +194,7 @@ def check_times(times, n_series, n_times, t0=0.0, name="times"):
     """
     if times is None:
         return np.arange(n_times, dtype=np.float64) + t0, None
-    if np.iscomplexobj(times):
-        raise TypeError(f"{name} must be real-valued, got complex numbers.")
-    try:
-        # a copy: the grid may become an attribute (fit_times_), and torch
-        # warns about read-only arrays
-        t = np.array(times, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be numeric: {exc}") from exc
+    t = _real_array(times, name)
     if t.ndim == 0 or t.shape[-1] == 0:
         raise ValueError(f"{name} must hold at least one time point; got shape {t.shape}.")
     if t.ndim == 1:
@@ -221,6 +240,21 @@ def check_times(times, n_series, n_times, t0=0.0, name="times"):
     return t, valid
 
 
+def _real_array(values, name):
+    """A float64 copy of ``values`` (a grid may become an attribute, and torch warns
+    about read-only arrays); errors name the argument."""
+    try:
+        arr = np.array(values)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise TypeError(f"{name} must be numeric: {exc}") from exc
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real-valued, got complex numbers.")
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric: {exc}") from exc
+
+
 def _check_increasing(t, name, valid=None):
     d = np.diff(t, axis=-1)
     if valid is not None:
@@ -254,12 +288,7 @@ def check_inputs(inputs, n_series, input_names):
         if missing:
             raise ValueError(f"inputs DataFrame lacks columns {missing} declared by the model.")
         inputs = inputs[list(input_names)].to_numpy()
-    if np.iscomplexobj(inputs):
-        raise TypeError("inputs must be real-valued, got complex numbers.")
-    try:
-        u = np.asarray(inputs, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"inputs must be numeric: {exc}") from exc
+    u = _real_array(inputs, "inputs")
     if u.ndim == 1 and n_in == 1:
         u = u[:, None]
     if u.ndim != 2:

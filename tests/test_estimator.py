@@ -806,8 +806,9 @@ def test_warm_start_with_new_group_levels_keeps_the_fitted_levels_and_says_so(da
     n_global = est.vae_.q_global.loc.numel()
     groups = np.array(data.groups, dtype=object).copy()
     groups[:4] = "new_strain"
-    with pytest.warns(UserWarning, match=r"not in categories_ in a warm start .*'new_strain'"):
+    with pytest.warns(UserWarning, match=r"not in categories_ in a warm start .*'new_strain'") as rec:
         est.partial_fit(data.X, groups=groups, times=data.times)
+    assert rec[0].filename == __file__  # points at the caller
     np.testing.assert_array_equal(est.categories_["strain"], levels)
     assert est.vae_.q_global.loc.numel() == n_global and est.n_iter_ == 2
 
@@ -822,6 +823,13 @@ def test_declared_categories_are_learned_by_a_later_warm_start(data):
                              categories={"strain": ["s0", "s1", "s2"]})
     est.fit(data.X[first], groups=data.groups[first], times=data.times)
     assert list(est.categories_["strain"]) == ["s0", "s1", "s2"]
+    # where q(g) starts: a declared level without series at its prior's width
+    series = est._prepare(data.X[first], data.groups[first], None, data.times, reset=False)
+    scale = est._build(series, torch.device("cpu"), torch.float32,
+                       codes=series.codes).q_global.scale.detach()
+    i_v, hier = est.vae_.hierarchy.grp_index["K"][2], est.vae_.hierarchy
+    np.testing.assert_allclose(scale[i_v + 2], hier.prior_scale[i_v + 2], rtol=1e-5)
+    assert float(scale[i_v : i_v + 2].max()) <= 0.1 * hier.prior_scale[i_v]
 
     def log_k():
         draws = est.sample_posterior(data.X, **_kw(data), n_draws=400)["K"]
@@ -844,7 +852,8 @@ def test_declared_categories_are_learned_by_a_later_warm_start(data):
     ({"site": ["a"]}, ValueError, r"categories names factors \['site'\].*\['strain'\]"),
     ({"strain": ["s0", "s1"]}, ValueError, r"levels \['s2'\] of factor 'strain' that categories"),
     ({"strain": ["s0", "s0", "s1", "s2"]}, ValueError, r"categories\['strain'\] must hold"),
-    ({"strain": "s0"}, TypeError, r"categories\['strain'\] must be a list"),
+    ({"strain": "s0"}, TypeError, r"categories\['strain'\] must be a sequence"),
+    ({"strain": {"s0", "s1", "s2"}}, TypeError, r"categories\['strain'\] must be a sequence"),
     (["s0", "s1", "s2"], TypeError, r"categories must be None or a dict"),
 ])
 def test_categories_errors_name_the_argument(data, categories, error, match):

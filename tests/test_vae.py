@@ -61,7 +61,16 @@ def test_proposals_follow_the_globals_of_their_own_group_level_only():
     with torch.no_grad():
         coupling = vae.encode(batch)[2]
         refined = vae.refine_local(batch, 64, 2, torch.Generator().manual_seed(0))[2]
-    for b in (coupling, refined):
+    # the Laplace step's slopes by finite differences: also for the unseen series, whose
+    # objective puts its level at the group's location (not a fresh draw per call)
+    laplace = vae.laplace_local(batch, vae.q_global.loc.detach(), None, 64,
+                                torch.Generator().manual_seed(0))[2]
+    torch.manual_seed(1)
+    again = vae.laplace_local(batch, vae.q_global.loc.detach(), None, 64,
+                              torch.Generator().manual_seed(0))[2]
+    assert torch.equal(laplace, again)  # no draw from the global generator
+    assert float((laplace - coupling).abs().max()) > 1e-3  # the step replaced slopes
+    for b in (coupling, refined, laplace):
         levels = b[:, :, i_v : i_v + 3].abs().amax(1)  # (S, levels)
         assert bool((levels[~own] == 0).all())
         assert bool((levels[own] > 0).all())

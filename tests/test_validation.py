@@ -200,6 +200,13 @@ def test_times_and_inputs_complex(data):
         check_inputs(np.ones((3, 1)) * 1j, 3, ("u",))
 
 
+def test_ragged_times_and_inputs_name_the_argument():
+    with pytest.raises(TypeError, match=r"times must be numeric"):
+        check_times([[0.0, 1.0, 2.0], [0.0, 1.0]], 2, 3)
+    with pytest.raises(TypeError, match=r"inputs must be numeric"):
+        check_inputs([[1.0], [1.0, 2.0]], 2, ("u",))
+
+
 def test_read_only_times_are_copied_without_a_torch_warning(data):
     times = data.times.copy()
     times.setflags(write=False)
@@ -229,6 +236,15 @@ def test_values_beyond_float32_are_refused_in_float32_only(data):
     with pytest.raises(ValueError, match=r"X has values beyond the float32 range"):
         est.predict(X, groups=data.groups)
     assert wide.predict(X, groups=data.groups).shape == X.shape  # float64 holds 1e39
+    with pytest.raises(ValueError, match=r"prediction_times has values beyond the float32"):
+        est.predict(data.X, groups=data.groups, prediction_times=[0.0, 1.0, 1e39])
+    # distinct in float64, one value in float32: zero-length solver steps
+    close = 1e8 + np.arange(data.X.shape[2], dtype=float)
+    with pytest.raises(ValueError, match=r"times has steps that float32 rounds to zero"):
+        _est(max_iter=1).fit(data.X, groups=data.groups, times=close)
+    with pytest.raises(ValueError, match=r"prediction_times has steps that float32 rounds"):
+        est.predict(data.X, groups=data.groups, prediction_times=close)
+    assert wide.predict(data.X, groups=data.groups, prediction_times=close[:3]).shape[-1] == 3
     # values under the NaN padding of a per-series grid are ignored, also here
     times = np.tile(data.times, (X.shape[0], 1))
     times[2, 3:] = np.nan

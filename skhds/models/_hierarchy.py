@@ -225,7 +225,7 @@ class Hierarchy:
             total = total + (cross - entropy).sum()
         return total
 
-    def params(self, g, z, codes, factor_index, generator=None, all_seen=None):
+    def params(self, g, z, codes, factor_index, generator=None, all_seen=None, unseen="draw"):
         """Model parameters on their own scale, each broadcastable to ``(S, K)``.
 
         Parameters
@@ -244,6 +244,10 @@ class Hierarchy:
             True when the caller knows that every code is a seen level: saves
             reading ``codes`` back from the device. Otherwise each factor's
             codes are checked.
+        unseen : {"draw", "location"}, default="draw"
+            The value of a level unseen in training: a draw from the group
+            distribution at ``g`` (marginalising it in importance weights), or
+            the group's location (a deterministic plug-in, for optimisation).
 
         Returns
         -------
@@ -261,8 +265,11 @@ class Hierarchy:
             val = vals.t()[c.clamp(min=0)]  # (S, Kg)
             if all_seen is not True and not bool(seen.all()):
                 mu, tau = self.group_location_spread(g, s)
-                eps = torch.randn((S, K), generator=generator, dtype=g.dtype, device=g.device)
-                fresh = mu.unsqueeze(0) + tau.unsqueeze(0) * eps
+                if unseen == "location":
+                    fresh = mu.unsqueeze(0).expand(S, -1)
+                else:
+                    eps = torch.randn((S, K), generator=generator, dtype=g.dtype, device=g.device)
+                    fresh = mu.unsqueeze(0) + tau.unsqueeze(0) * eps
                 val = torch.where(seen.unsqueeze(-1), val, fresh)
             out[s.name] = s.prior.bijector.forward(val)
         for j, s in enumerate(self.individual):
