@@ -241,8 +241,8 @@ def check_times(times, n_series, n_times, t0=0.0, name="times"):
 
 
 def _real_array(values, name):
-    """A float64 copy of ``values`` (a grid may become an attribute, and torch warns
-    about read-only arrays); errors name the argument."""
+    """A float64 copy of ``values``, never a view of the caller's array (a grid may
+    become an attribute, and torch warns about read-only arrays); errors name ``name``."""
     try:
         arr = np.array(values)
     except (TypeError, ValueError) as exc:  # ragged nested lists

@@ -1,8 +1,14 @@
-"""Small linear algebra of ``skhds._vae`` written in plain ops (capturable in CUDA graphs)."""
+"""``skhds._vae``: small linear algebra written in plain ops (capturable in CUDA graphs),
+and which global latents the proposals follow."""
 
+import warnings
+
+import numpy as np
 import torch
 
+from skhds import HierarchicalODEVAE
 from skhds._vae import _cholesky, _inverse_tril, _spd_solve
+from skhds.datasets import make_logistic_growth
 
 
 def _spd(seed, batch=6, n=5):
@@ -33,14 +39,8 @@ def test_cholesky_of_a_matrix_that_is_not_positive_definite_is_not_finite():
 def test_proposals_follow_the_globals_of_their_own_group_level_only():
     """A series' proposal mean is coupled to its own level's group value, not to other
     levels' (its likelihood and individual prior do not depend on them), nor to the group
-    hyperparameters; one of an unseen level to no level value. Adaptive refinement keeps it so."""
-    import warnings
-
-    import numpy as np
-
-    from skhds import HierarchicalODEVAE
-    from skhds.datasets import make_logistic_growth
-
+    hyperparameters; one of an unseen level to no level value. Adaptive refinement and the
+    Laplace step keep it so."""
     data = make_logistic_growth(n_series=12, n_times=10, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
