@@ -154,11 +154,7 @@ def check_float32_times(t, valid, name="times"):
         Argument name used in the error message.
     """
     check_float32_range(t, name)
-    t32 = t.astype(np.float32)
-    d = np.diff(t32[None] if t32.ndim == 1 else t32, axis=-1)
-    if valid is not None:
-        d = np.where(valid[:, 1:], d, 1.0)
-    if (d <= 0).any():
+    if not _increasing(t.astype(np.float32), valid):
         raise ValueError(
             f"{name} has steps that float32 rounds to zero (its resolution near {np.abs(t).max():.3g} "
             f"is {np.spacing(np.float32(np.abs(t).max())):.3g}); shift the time origin, change the "
@@ -255,11 +251,16 @@ def _real_array(values, name):
         raise TypeError(f"{name} must be numeric: {exc}") from exc
 
 
-def _check_increasing(t, name, valid=None):
+def _increasing(t, valid=None):
+    """Whether grid(s) ``t`` increase strictly between valid points (padding ignored)."""
     d = np.diff(t, axis=-1)
     if valid is not None:
         d = np.where(valid[:, 1:], d, 1.0)
-    if (d <= 0).any():
+    return bool((d > 0).all())
+
+
+def _check_increasing(t, name, valid=None):
+    if not _increasing(t, valid):
         raise ValueError(f"{name} must be strictly increasing along the time axis.")
 
 
