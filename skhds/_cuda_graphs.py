@@ -23,7 +23,7 @@ What a graph needs from the pass, and how the package provides it:
   count of zeroed samples stays a tensor);
 * fixed shapes and fixed Python-level decisions: a graph is captured per
   minibatch shape and per value of the host-side switches (grid prepended,
-  sub-steps, unseen levels); the last, shorter minibatch gets its own;
+  step plan, unseen levels); the last, shorter minibatch gets its own;
 * random numbers from a generator registered with the graph: its seed can be
   reset between epochs, and each replay continues its stream, so a replayed
   epoch draws the numbers the eager one would (the warm-up and capture draw

@@ -8,7 +8,7 @@ batch size rather than the number of series.
 import numpy as np
 import torch
 
-from .solvers import substeps_for_grid
+from .solvers import step_plan
 
 __all__ = ["SeriesData", "EncoderScaling"]
 
@@ -112,7 +112,7 @@ class SeriesData:
             "mask": torch.as_tensor(self.mask[idx], device=device),
             "solve_times": as_t(solve_t),
             "prepend": prepend,
-            "substeps": substeps_for_grid(solve_t, dt),
+            "plan": step_plan(solve_t, dt),
             "inputs": as_t(self.inputs[idx]),
             "enc_y": as_t(enc_y),
             "enc_times": as_t((t2 - scaling.t_loc) / scaling.t_scale),

@@ -82,7 +82,10 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         Fixed-step integrator.
     dt : float, default=None
         Largest solver step; ``None`` takes one step per interval of the
-        observation grid.
+        observation grid. Intervals wider than ``dt`` are split into equal
+        steps; consecutive intervals that together fit into ``dt`` are
+        covered by one step, and the observation times inside it are
+        interpolated (cubic Hermite; see the solvers guide).
     n_importance_samples : int, default=32
         Importance samples per series during training (``K``).
     n_eval_samples : int, default=256

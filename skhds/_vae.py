@@ -280,7 +280,7 @@ class HierarchicalVAE(torch.nn.Module):
 
         if not self._checked:
             self._check_outputs(x0, func(batch["solve_times"][:, :1], x0), S, K)
-        traj = odeint(func, x0, batch["solve_times"], method=self.solver, n_substeps=batch["substeps"],
+        traj = odeint(func, x0, batch["solve_times"], method=self.solver, plan=batch["plan"],
                       compile=self.compile_solver)
         if batch["prepend"]:
             traj = traj[..., 1:]

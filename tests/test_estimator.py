@@ -147,6 +147,36 @@ def test_predict_on_dense_grid_interpolates(fitted, data):
     assert np.max(np.abs(dense[..., mid] - between)) < 0.1
 
 
+def test_dt_wider_than_the_grid_steps_across_observations():
+    # On a dense grid, dt spanning two observation intervals takes half the steps (the
+    # times in between interpolated) and gives the curve of a fine solve.
+    dense = make_logistic_growth(n_series=12, n_times=61, random_state=1)
+    spacing = float(np.max(np.diff(dense.times)))
+    fitted = _fit(dense, max_iter=3, solver="rk4")
+    calls = []
+
+    def predict(**params):
+        est = pickle.loads(pickle.dumps(fitted)).set_params(**params)
+        rhs = est.model_.rhs
+
+        def counting(*args, **kwargs):
+            calls.append(1)
+            return rhs(*args, **kwargs)
+
+        est.model_.rhs = counting  # an instance attribute shadows the method
+        calls.clear()
+        return est.predict(dense.X, **_kw(dense)), len(calls)
+
+    fine, _ = predict(dt=spacing / 8)
+    grid, n_grid = predict(dt=None)
+    wide, n_wide = predict(dt=2 * spacing * (1 + 1e-6))
+    assert n_grid == 4 * 60 + 1  # +1: the model's output check at the first call
+    assert n_wide == 4 * 30 + 2  # and the derivative at the end of the last step
+    np.testing.assert_allclose(grid, fine, atol=1e-4)
+    np.testing.assert_allclose(wide, fine, atol=1e-3)  # measured 1.2e-4; noise sd 0.05
+    assert not np.allclose(wide, grid, atol=1e-6, rtol=0)  # really a different solve
+
+
 def test_predict_per_series_prediction_times(fitted, data):
     n = data.X.shape[0]
     pt = np.tile(np.linspace(0.0, 16.0, 9), (n, 1))  # forecast beyond the last observation

@@ -10,7 +10,7 @@ from sklearn.utils import Bunch, check_random_state
 from .._validation import check_groups, check_inputs, check_times
 from ..models import check_model
 from ..models._base import observe_checked
-from ..solvers import odeint, substeps_for_grid
+from ..solvers import odeint, step_plan
 
 __all__ = ["simulate"]
 
@@ -47,7 +47,9 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
         Fixed-step ODE solver: ``"euler"``, ``"heun"``, ``"midpoint"`` or
         ``"rk4"``.
     dt : float, optional
-        Largest step; default a tenth of the smallest observation interval.
+        Largest step (as the estimator's ``dt``: intervals that fit together into
+        one step share it, their inner times interpolated); default a tenth
+        of the smallest observation interval.
     random_state : int, RandomState instance or None
         Seed of the parameter and noise draws, for reproducible output.
 
@@ -118,7 +120,7 @@ def simulate(model, n_series=None, *, times, groups=None, inputs=None, params=No
         x0 = torch.broadcast_to(m.initial_state(values, ins), (n_series, 1, n_states)).to(dtype)
         full = m.with_derived(values, ins)
         traj = odeint(lambda tt, x: m.rhs(tt, x, full, ins), x0, torch.as_tensor(solve_t),
-                      method=solver, n_substeps=substeps_for_grid(solve_t, dt))
+                      method=solver, plan=step_plan(solve_t, dt))
         if prepend:
             traj = traj[..., 1:]
         obs, noise_scale = observe_checked(m, traj.transpose(-1, -2),

@@ -8,7 +8,7 @@ from ._base import ExplicitRungeKutta
 from ._euler import euler
 from ._heun import heun
 from ._midpoint import midpoint
-from ._odeint import SOLVERS, get_solver, odeint, substeps_for_grid
+from ._odeint import SOLVERS, get_solver, odeint, step_plan, substeps_for_grid
 from ._rk4 import rk4
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "midpoint",
     "odeint",
     "rk4",
+    "step_plan",
     "substeps_for_grid",
 ]

@@ -40,7 +40,12 @@ class ExplicitRungeKutta:
         self.c = tuple(float(v) for v in c)
         self.n_stages = len(b)
 
-    def step(self, func, t, x, h):
+    @property
+    def first_stage_at_start(self):
+        """True when the first stage is ``func(t, x)`` (``c[0] = 0``), so it can be reused."""
+        return self.c[0] == 0.0
+
+    def step(self, func, t, x, h, k0=None):
         """Advance ``x`` from ``t`` to ``t + h``.
 
         Parameters
@@ -54,6 +59,12 @@ class ExplicitRungeKutta:
             Current state, ``(S, K, n_states)``.
         h : torch.Tensor
             Step size, same shape as ``t``.
+        k0 : torch.Tensor, optional
+            ``func(t, x)``, when the caller already has it (the derivative at
+            the end of the previous step); the first stage then reuses it
+            instead of evaluating ``func`` again. Only for tableaux whose
+            first node is ``c[0] = 0`` (:attr:`first_stage_at_start`), as in
+            every method shipped.
 
         Returns
         -------
@@ -63,8 +74,11 @@ class ExplicitRungeKutta:
         hx = h.unsqueeze(-1)  # (S, 1, 1) broadcasts against states
         # Each term is one fused multiply-add (addcmul): the step costs one
         # operation per non-zero coefficient, forward and backward alike.
-        stages = []
-        for ci, ai in zip(self.c, self.a):
+        if k0 is not None and not self.first_stage_at_start:
+            raise ValueError(f"Solver {self.name!r} has c[0] != 0: its first stage is not func(t, x), "
+                             "so k0 cannot be reused.")
+        stages = [] if k0 is None else [k0]
+        for ci, ai in zip(self.c[len(stages):], self.a[len(stages):]):
             xi = x
             for aij, kj in zip(ai, stages):
                 if aij != 0.0:

@@ -24,6 +24,7 @@ from skhds.solvers import (
     midpoint,
     odeint,
     rk4,
+    step_plan,
     substeps_for_grid,
 )
 
@@ -231,6 +232,14 @@ def test_number_of_rhs_evaluations():
         calls.clear()
         odeint(f, x0, times, method=method, n_substeps=[3, 1, 5])
         assert len(calls) == stages * 9
+    # Steps across several intervals cost no extra evaluation (the derivative at a
+    # step's end is the next step's first stage), except after the last step.
+    times = torch.linspace(0.0, 1.0, 7, dtype=F64)
+    for plan, extra in [([(3, 1), (1, 2), (2, 1)], 1), ([(3, 1), (2, 1), (1, 1)], 0)]:
+        for method, stages in [("heun", 2), ("rk4", 4)]:
+            calls.clear()
+            odeint(f, x0, times, method=method, plan=plan)
+            assert len(calls) == stages * sum(n for _, n in plan) + extra
 
 
 def test_repeated_time_leaves_state_unchanged():
@@ -280,16 +289,22 @@ def test_substeps_tolerates_roundoff_on_multiples_of_dt():
     assert substeps_for_grid([0.0, 0.3, 1.0], 0.1) == [3, 7]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_substeps_bound_step_and_are_minimal(seed):
+def _random_grids(seed, n_intervals, mean_width):
+    """A shared grid with one zero-length interval, and four per-series grids."""
     rng = np.random.default_rng(seed)
-    dt = 0.07
-    shared = np.concatenate([[0.0], np.cumsum(rng.exponential(0.3, size=9))])
+    shared = np.concatenate([[0.0], np.cumsum(rng.exponential(mean_width, size=n_intervals))])
     shared[4] = shared[3]  # a zero-length interval
     per_series = np.concatenate(
-        [np.zeros((4, 1)), np.cumsum(rng.exponential(0.3, size=(4, 9)), axis=1)], axis=1
+        [np.zeros((4, 1)), np.cumsum(rng.exponential(mean_width, size=(4, n_intervals)), axis=1)],
+        axis=1,
     )
-    for grid in (shared, per_series):
+    return shared, per_series
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_substeps_bound_step_and_are_minimal(seed):
+    dt = 0.07
+    for grid in _random_grids(seed, 9, 0.3):
         counts = np.array(substeps_for_grid(grid, dt))
         assert counts.shape == (9,)
         assert (counts >= 1).all()
@@ -320,6 +335,157 @@ def test_list_of_substeps_equals_refined_grid():
     coarse = odeint(_linear_rhs(), x0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", n_substeps=[4])
     fine = odeint(_linear_rhs(), x0, torch.linspace(0, 1, 5, dtype=F64), method="rk4", n_substeps=1)
     torch.testing.assert_close(coarse[..., -1], fine[..., -1], rtol=1e-14, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# step_plan / plan: steps across several output times, interpolated
+# ---------------------------------------------------------------------------
+
+
+def test_step_plan_dt_none_is_one_step_per_interval():
+    assert step_plan(np.linspace(0, 3, 7), None) == [(1, 1)] * 6
+    assert step_plan(np.zeros((3, 4)), None) == [(1, 1)] * 3
+
+
+def test_step_plan_merges_and_splits():
+    assert step_plan([0.0, 0.1, 0.2, 0.3, 1.0], 0.25) == [(2, 1), (1, 1), (1, 3)]
+    # multiples of dt up to roundoff merge exactly (linspace diffs are 0.1 +- 1 ulp)
+    assert step_plan(np.linspace(0.0, 1.0, 11), 0.2) == [(2, 1)] * 5
+    # the widest series decides
+    assert step_plan([0.0, 0.1, 0.2, 0.3], 0.3) == [(3, 1)]
+    grids = np.array([[0.0, 0.1, 0.2, 0.3], [0.0, 0.2, 0.25, 0.4]])
+    assert step_plan(grids, 0.3) == [(2, 1), (1, 1)]
+    with pytest.raises(ValueError, match="dt"):
+        step_plan([0.0, 1.0], -1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_step_plan_steps_bounded_and_greedy(seed):
+    dt = 0.5
+    for grid in _random_grids(seed, 29, 0.2):
+        plan = step_plan(grid, dt)
+        g = np.atleast_2d(grid)
+        assert sum(m for m, _ in plan) == 29
+        assert all(m == 1 or n == 1 for m, n in plan)
+        assert any(m > 1 for m, _ in plan)  # merging happens on this grid
+        j = 0
+        for i, (m, n) in enumerate(plan):
+            span = np.max(g[:, j + m] - g[:, j])
+            assert span / n <= dt * (1 + 1e-9)
+            if n == 1 and j + m < 29 and plan[i + 1][1] == 1:
+                # greedy: the next interval would not have fitted into this step
+                assert np.max(g[:, j + m + 1] - g[:, j]) > dt
+            j += m
+
+
+@pytest.mark.parametrize("method", ["heun", "rk4"])
+def test_plan_step_ends_equal_a_solve_on_the_coarse_grid(method):
+    x0 = _x0(n=2)
+    fine = torch.linspace(0.0, 2.0, 13, dtype=F64)
+    out = odeint(_cos_rhs, x0, fine, method=method, plan=[(3, 1), (1, 2), (2, 1), (3, 1), (3, 1)])
+    coarse = odeint(_cos_rhs, x0, fine[[0, 3, 4, 6, 9, 12]], method=method, n_substeps=[1, 2, 1, 1, 1])
+    torch.testing.assert_close(out[..., [0, 3, 4, 6, 9, 12]], coarse, rtol=1e-14, atol=1e-14)
+    # the inner times are neither copies of the step ends nor linear interpolation
+    lin = (2 * out[..., 0] + out[..., 3]) / 3
+    assert not torch.allclose(out[..., 1], lin, atol=1e-6)
+
+
+def test_interpolation_is_exact_for_a_cubic_solution():
+    # dx/dt = 3 t^2: x = x0 + t^3. RK4 integrates it exactly and the cubic
+    # Hermite interpolant reproduces a cubic, so the inner times are exact too.
+    x0 = _x0(n=2)
+    times = torch.linspace(0.0, 2.0, 9, dtype=F64)
+
+    def f(t, x):
+        return (3 * t.square()).unsqueeze(-1).expand_as(x)
+
+    out = odeint(f, x0, times, method="rk4", plan=[(4, 1), (4, 1)])
+    exact = x0.unsqueeze(-1) + times.pow(3)
+    torch.testing.assert_close(out, exact, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", ["heun", "rk4"])
+def test_order_at_interpolated_times(method):
+    # The error at the inner output times shrinks like the method's order.
+    order = SOLVERS[method].order
+    x0 = _x0()
+    n_steps = [8, 16, 32, 64] if method == "rk4" else [16, 32, 64, 128]
+    errors = []
+    for n in n_steps:
+        times = torch.linspace(0.0, T_END, 4 * n + 1, dtype=F64)
+        exact = np.stack([x0.numpy() @ scipy.linalg.expm(A_NP * t).T for t in times.numpy()], -1)
+        out = odeint(_linear_rhs(), x0, times, method=method, plan=[(4, 1)] * n)
+        inner = np.arange(4 * n + 1) % 4 != 0
+        errors.append(np.abs(out.numpy() - exact)[..., inner].max())
+    assert all(e1 > e2 for e1, e2 in zip(errors, errors[1:])), errors
+    assert abs(_slope(n_steps, errors) - order) < 0.3, errors
+
+
+def test_plan_without_reusable_first_stage():
+    # A tableau whose first node is not 0 cannot reuse func(t, x); it still works.
+    odd = ExplicitRungeKutta("odd", order=1, a=[[]], b=[1.0], c=[0.5])
+    assert not odd.first_stage_at_start and rk4.first_stage_at_start
+    x0 = _x0(n=2)
+    times = torch.linspace(0.0, 1.0, 5, dtype=F64)
+    out = odeint(_cos_rhs, x0, times, method=odd, plan=[(2, 1), (2, 1)])
+    coarse = odeint(_cos_rhs, x0, times[[0, 2, 4]], method=odd)
+    torch.testing.assert_close(out[..., [0, 2, 4]], coarse, rtol=1e-14, atol=1e-14)
+    with pytest.raises(ValueError, match="c\\[0\\]"):
+        odd.step(_cos_rhs, times[:1].reshape(1, 1), x0, times[1:2].reshape(1, 1), k0=x0)
+
+
+def test_plan_with_ragged_padding_inside_a_step():
+    # Series 1 ends at 0.5 and is padded by repeating that time; its padding
+    # lies inside a step that spans three intervals.
+    x0 = _x0(S=2, K=2, n=2)
+    grids = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.25, 0.5, 0.5, 0.5]], dtype=F64)
+    out = odeint(_cos_rhs, x0, grids, method="rk4", plan=[(1, 1), (3, 1)])
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1, ..., 3], out[1, ..., 2])
+    assert torch.equal(out[1, ..., 4], out[1, ..., 2])
+    alone = odeint(_cos_rhs, x0[1:], grids[1, :3], method="rk4", plan=[(1, 1), (1, 1)])
+    torch.testing.assert_close(out[1:, ..., :3], alone, rtol=1e-14, atol=1e-14)
+
+
+def test_plan_with_and_without_autograd_agree():
+    x0 = _x0(n=2)
+    times = torch.linspace(0.0, 1.0, 8, dtype=F64)
+    plan = [(3, 1), (1, 2), (3, 1)]
+    with torch.no_grad():
+        a = odeint(_cos_rhs, x0, times, method="rk4", plan=plan)
+    b = odeint(_cos_rhs, x0.clone().requires_grad_(), times, method="rk4", plan=plan)
+    torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_gradcheck_through_interpolated_times():
+    times = torch.linspace(0.0, 1.0, 7, dtype=F64)
+
+    def inner(rate, x0):
+        def f(t, x):
+            return rate * x * (1.0 - x) + 0.1 * torch.sin(t).unsqueeze(-1)
+
+        return odeint(f, x0, times, method="rk4", plan=[(3, 1), (3, 1)])[..., [1, 2, 4, 5]]
+
+    rate = torch.tensor([[[1.3]], [[0.7]]], dtype=F64, requires_grad=True)
+    x0 = torch.tensor([[[0.1, 0.3]], [[0.5, 0.2]]], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(inner, (rate, x0), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"plan": [(2, 1)], "n_substeps": 2}, "not both"),
+        ({"plan": [(2, 2)]}, "n_intervals == 1 or n_steps == 1"),
+        ({"plan": [(0, 1), (2, 1)]}, ">= 1"),
+        ({"plan": [(1, 1)]}, "covers 1 intervals; the grid has 2"),
+        ({"plan": [1, 1]}, "pairs"),
+    ],
+)
+def test_bad_plan_raises(kwargs, match):
+    x0 = _x0()
+    times = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    with pytest.raises(ValueError, match=match):
+        odeint(_linear_rhs(), x0, times, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -523,17 +689,19 @@ def test_compiled_step_matches_eager_values_and_gradients():
     """``compile=True`` integrates the same trajectories (and gradients) as eager steps;
     where no compiler is available it falls back with a warning, with the same result."""
     rhs, x0, times, rate = _logistic_problem()
-    eager = odeint(rhs, x0, times, method="rk4")
-    g_eager = torch.autograd.grad(eager.square().sum(), (rate, x0))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        compiled = odeint(rhs, x0, times, method="rk4", compile=True)
-        g_compiled = torch.autograd.grad(compiled.square().sum(), (rate, x0))
-    fell_back = any("Compiling the rk4 step failed" in str(w.message) for w in caught)
-    assert fell_back == (rk4 in _odeint._COMPILE_FAILED)
-    torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
-    for a, b in zip(g_compiled, g_eager):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # one step per interval, and steps across three intervals (first stage reused)
+    for plan in ([(1, 1)] * 16, step_plan(times, 1.5)):
+        eager = odeint(rhs, x0, times, method="rk4", plan=plan)
+        g_eager = torch.autograd.grad(eager.square().sum(), (rate, x0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = odeint(rhs, x0, times, method="rk4", plan=plan, compile=True)
+            g_compiled = torch.autograd.grad(compiled.square().sum(), (rate, x0))
+        fell_back = any("Compiling the rk4 step failed" in str(w.message) for w in caught)
+        assert not fell_back or rk4 in _odeint._COMPILE_FAILED
+        torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
+        for a, b in zip(g_compiled, g_eager):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_failed_compilation_warns_once_and_steps_eagerly(monkeypatch):
