@@ -46,7 +46,12 @@ def nuts_draws(est, sim, times, groups, args, fit):
         print(f"fit {fit}: NUTS draws from {cache}")
         return joblib.load(cache)
     data = SimpleNamespace(X=sim.X, times=times, groups=groups)
-    substeps = int(round((times[1] - times[0]) / args.dt))  # Heun steps per interval, as the estimator
+    spacing = times[1] - times[0]
+    if args.dt > spacing * (1 + 1e-6):
+        # the estimator would take one step across several intervals; the NumPyro model cannot
+        raise SystemExit(f"--dt {args.dt} is wider than the grid spacing {spacing:g}: the NumPyro "
+                         "model takes whole Heun steps per interval; use a dt that divides it.")
+    substeps = int(round(spacing / args.dt))  # Heun steps per interval, as the estimator
     model = bench_nuts.numpyro_model_factory(est, data, "logistic", substeps=substeps)
     ref, nuts_s, rhat, n_eff, n_div = bench_nuts.run_nuts(model, warmup=args.samples,
                                                            samples=args.samples)
@@ -119,6 +124,8 @@ def main():
     args = parser.parse_args()
     if min(args.fit) < 0:
         parser.error(f"--fit must be 0-based indices >= 0, got {args.fit}")
+    if args.dt <= 0:
+        parser.error(f"--dt must be > 0, got {args.dt}")
     import numpyro
 
     numpyro.enable_x64()

@@ -120,6 +120,19 @@ if data is not None:
 # epochs, it raised the held-out bound from 680-750 to 950-1,040 nats/well
 # (``benchmarks/README.md``, "A noise level per well").
 #
+# Going further: settings for a good fit fast
+# -------------------------------------------
+# The plate reader samples every 0.194 h, densely for these dynamics, so
+# ``solver="rk4", dt=0.79`` (one RK4 step across four observations, the times
+# in between interpolated) is both more accurate than the default Heun step
+# per observation and cheaper (see the solvers guide). With it, a noise level
+# per well, ``training_refinement=5, refinement_block=8,
+# n_importance_samples=10, learning_rate=0.03, encoder_learning_rate=0.003``
+# and two threads, the white box reached a held-out bound of 900 nats/well
+# after 23-50 s of training on the study's first fold and 1,000 after 38-57 s
+# in three of six runs (``benchmarks/README.md``, "Steps across observations
+# and two threads").
+#
 # The black box (:class:`~skhds.models.DoubleReceiverBlackBox`) models its
 # noise too: by default it has one neural state per signal whose square root
 # scales that signal's noise along the time course, starting low

@@ -1,10 +1,13 @@
 """Integrate a batch of ODEs on fixed steps and return states at given times.
 
-``odeint`` is the one entry point. Between consecutive output times it takes
-``n_substeps[j]`` equal steps; every series takes the same number of steps, with
-its own step length when series have their own grids.
+``odeint`` is the one entry point. Its steps follow a plan over the output
+grid (:func:`step_plan`): an interval is split into equal steps, or one step
+covers several intervals and the output times inside it are interpolated.
+Every series takes the same number of steps, with its own step length when
+series have their own grids.
 """
 
+import inspect
 import math
 import warnings
 
@@ -19,6 +22,18 @@ from ._rk4 import rk4
 __all__ = ["odeint", "get_solver", "step_plan", "substeps_for_grid", "SOLVERS"]
 
 SOLVERS = {s.name: s for s in (euler, heun, midpoint, rk4)}
+
+
+def _slack(t, dt):
+    """How much longer than ``dt`` a step may be and still count as ``dt``: round-off.
+
+    Grids often come from float32 (the estimator's default dtype) or from
+    sums of steps: 0.2 stored as 0.2000000030, a difference of two times
+    near 8 off by 1e-6. The slack is a millionth of ``dt`` plus a few float32
+    units of the largest time, and never more than a thousandth of ``dt``.
+    """
+    scale = float(np.max(np.abs(t))) if t.size else 0.0
+    return min(1e-3 * dt, 1e-6 * dt + 5e-7 * scale)
 
 
 def get_solver(method):
@@ -66,7 +81,8 @@ def substeps_for_grid(times, dt):
     if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a finite number > 0 or None, got {dt!r}.")
     widest = np.max(np.diff(t, axis=-1), axis=0) if n > 0 else np.zeros(0)
-    return [max(1, int(math.ceil(w / dt - 1e-9))) for w in widest]
+    slack = _slack(t, dt)
+    return [max(1, int(math.ceil((w - slack) / dt))) for w in widest]
 
 
 def step_plan(times, dt):
@@ -75,8 +91,9 @@ def step_plan(times, dt):
     Where an interval is wider than ``dt`` it is split into equal steps (as in
     :func:`substeps_for_grid`); where consecutive intervals together are no
     wider than ``dt`` they are covered by one step, and :func:`odeint`
-    interpolates the output times inside it. So the steps are as long as
-    ``dt`` allows, whatever the density of the output grid.
+    interpolates the output times inside it. Steps are taken greedily from
+    the start, each as long as ``dt`` and the grid allow, so their number
+    follows ``dt`` rather than the density of the output grid.
 
     Parameters
     ----------
@@ -104,14 +121,14 @@ def step_plan(times, dt):
     if dt is None:
         return [(1, 1)] * n
     counts = substeps_for_grid(t, dt)  # validates dt
-    plan, a = [], 0
+    plan, a, slack = [], 0, _slack(t, dt)
     while a < n:
         if counts[a] > 1:
             plan.append((1, counts[a]))
             a += 1
             continue
         b = a + 1  # extend the step while the span from a stays within dt
-        while b < n and np.max(t[:, b + 1] - t[:, a]) / dt - 1e-9 <= 1:
+        while b < n and np.max(t[:, b + 1] - t[:, a]) <= dt + slack:
             b += 1
         plan.append((b - a, 1))
         a = b
@@ -131,8 +148,9 @@ def compiled_step(solver):
     cost of a solve is mostly the number of small operations per step, not
     their arithmetic (benchmarks/README.md). Shapes are dynamic, so one
     compilation serves every batch size and number of samples; it is made
-    once per process and solver (and again for a new right-hand side or
-    without autograd), at the first call, and takes 10-30 s.
+    once per process and solver (and again for a new right-hand side,
+    without autograd, or for steps that reuse their first stage), at the
+    first call, and takes 10-30 s.
 
     Parameters
     ----------
@@ -148,7 +166,13 @@ def compiled_step(solver):
     if solver in _COMPILE_FAILED:
         return None
     if solver not in _COMPILED:
-        _COMPILED[solver] = torch.compile(solver.step, dynamic=True)
+        # Two entry points, each with its own compiled code: steps that evaluate
+        # their first stage and steps that reuse one (k0, see odeint), so a
+        # solve that mixes both does not recompile at every switch.
+        fresh = torch.compile(lambda func, t, x, h: solver.step(func, t, x, h), dynamic=True)
+        reuse = torch.compile(lambda func, t, x, h, k0: solver.step(func, t, x, h, k0), dynamic=True)
+        _COMPILED[solver] = lambda func, t, x, h, k0=None: (
+            fresh(func, t, x, h) if k0 is None else reuse(func, t, x, h, k0))
     return _COMPILED[solver]
 
 
@@ -156,11 +180,11 @@ def _step_function(solver, compile):
     """``solver.step``, or its compiled version that falls back to it for good on a failure."""
     compiled = compiled_step(solver) if compile else None
     if compiled is None:
-        return solver.step
+        return lambda func, t, x, h, k0=None: _eager_step(solver, func, t, x, h, k0)
 
     def step(func, t, x, h, k0=None):
         if solver in _COMPILE_FAILED:  # an earlier step of this solve failed to compile
-            return solver.step(func, t, x, h, k0)
+            return _eager_step(solver, func, t, x, h, k0)
         try:
             return compiled(func, t, x, h, k0)
         except Exception as exc:  # the compiler's errors have no common base class
@@ -172,9 +196,28 @@ def _step_function(solver, compile):
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return solver.step(func, t, x, h, k0)
+            return _eager_step(solver, func, t, x, h, k0)
 
     return step
+
+
+def _reuses_first_stage(solver):
+    """Whether ``solver.step`` can take ``k0``: its first stage is ``func(t, x)`` and it says so.
+
+    A user's solver written before ``k0`` existed (a duck-typed object, or a
+    subclass whose ``step`` has no ``k0``) evaluates every stage itself.
+    """
+    if not getattr(solver, "first_stage_at_start", False):
+        return False
+    try:
+        return "k0" in inspect.signature(solver.step).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+
+
+def _eager_step(solver, func, t, x, h, k0=None):
+    """``solver.step``, passing ``k0`` only when there is one (user solvers may not take it)."""
+    return solver.step(func, t, x, h) if k0 is None else solver.step(func, t, x, h, k0)
 
 
 def odeint(func, x0, times, *, method="heun", n_substeps=1, plan=None, compile=False):
@@ -215,9 +258,10 @@ def odeint(func, x0, times, *, method="heun", n_substeps=1, plan=None, compile=F
     cubic Hermite interpolant of the step's end states and their derivatives
     (``func`` at both ends). Its own error is ``O(h^4)`` in the step ``h``, so
     the interpolated times keep the order of every method shipped, up to
-    ``"rk4"``. It costs no extra evaluation: the derivative at the end of the
-    step is the first stage of the next one. Only a plan that ends with such
-    a step pays one evaluation more.
+    ``"rk4"``. It costs no extra evaluation for methods whose first stage is
+    ``func(t, x)`` (all shipped ones): the derivative at the end of the step
+    is the first stage of the next one. Only a plan that ends with such a
+    step pays one evaluation more (and every such step, for other methods).
     """
     solver = get_solver(method)
     if times.dim() == 1:
@@ -235,7 +279,7 @@ def odeint(func, x0, times, *, method="heun", n_substeps=1, plan=None, compile=F
         out = x0.new_empty(x0.shape + (n_times,))
         out[..., 0] = x0
     step = _step_function(solver, compile)
-    reuse = solver.first_stage_at_start
+    reuse = _reuses_first_stage(solver)
     weights = _hermite_weights(times, plan)
     x, k, j, p = x0, None, 0, 0  # k: func at (times[:, j], x) when already evaluated
     for m, n in plan:
