@@ -129,8 +129,8 @@ if data is not None:
 # per well, ``training_refinement=5, refinement_block=8,
 # n_importance_samples=10, learning_rate=0.03, encoder_learning_rate=0.003``
 # and two threads, the white box reached a held-out bound of 900 nats/well
-# after 23-50 s of training on the study's first fold and 1,000 after 38-57 s
-# in three of six runs (``benchmarks/README.md``, "Steps across observations
+# after 21-50 s of training on the study's first fold and 1,000 after 38-57 s
+# in four of eight runs (``benchmarks/README.md``, "Steps across observations
 # and two threads").
 #
 # The black box (:class:`~skhds.models.DoubleReceiverBlackBox`) models its
