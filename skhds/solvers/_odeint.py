@@ -314,11 +314,13 @@ def _hermite_weights(times, plan):
 
     Computed for the whole solve at once (a dozen operations instead of a
     dozen per step), from views of ``times`` only, so the solve still never
-    copies host data to the device (CUDA graphs capture it). Returns ``(4, S, n_inner)``: the weights of the start
-    state, the start derivative, the end state and the end derivative of
-    each inner time's step (the derivative ones times the step length), or
-    None when no step spans several intervals. A step of length zero (ragged
-    padding) gives its start state.
+    copies host data to the device (CUDA graphs capture it).
+
+    Returns ``(4, S, n_inner)``: the weights of the start state, the start
+    derivative, the end state and the end derivative of each inner time's
+    step (the derivative ones times the step length), or None when no step
+    spans several intervals. A step of length zero (ragged padding) gives
+    its start state.
     """
     ta, tb, inner, j = [], [], [], 0
     for m, _ in plan:  # views of the grid, joined once (no index tensor from host data)
