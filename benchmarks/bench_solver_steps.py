@@ -54,13 +54,16 @@ def parse_args(argv=None):
                     help="solver:dt pairs ('none': one step per observation interval)")
     ap.add_argument("--epochs", type=int, default=20, help="training epochs before the accuracy check")
     ap.add_argument("--wells", type=int, default=40, help="held-out wells in the accuracy check")
-    ap.add_argument("--draws", type=int, default=10, help="posterior draws per well")
+    ap.add_argument("--draws", type=int, default=10, help="posterior draws per well (at least 2)")
     ap.add_argument("--timing-epochs", type=int, default=8, help="epochs per setting in the timing")
     ap.add_argument("--K-train", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="CSV path (default results/solver_steps.csv)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.draws < 2:
+        ap.error(f"--draws must be at least 2 (sample_posterior's minimum), got {args.draws}")
+    return args
 
 
 def parse_setting(text):
@@ -77,6 +80,12 @@ def study_args(args, solver="heun", dt=None):
     return study.parse_args(argv + ([] if dt is None else ["--dt", str(dt)]))
 
 
+def well_meta(data, wells):
+    """``groups`` (the two RBS factors), ``inputs`` and ``times`` of the wells ``wells``."""
+    return {"groups": data.groups[["luxR_rbs", "lasR_rbs"]].iloc[wells], "inputs": data.inputs[wells],
+            "times": data.times}
+
+
 def fit_quietly(est, X, **meta):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -85,10 +94,9 @@ def fit_quietly(est, X, **meta):
 
 def accuracy(est, data, X, wells, settings, n_draws, seed):
     """Errors of each setting against the reference, in units of the learned noise sd."""
-    groups = data.groups[["luxR_rbs", "lasR_rbs"]].iloc[wells]
-    inputs = data.inputs[wells]
-    draws = est.sample_posterior(X[wells], groups=groups, inputs=inputs, times=data.times,
-                                 n_draws=n_draws, random_state=seed)
+    meta = well_meta(data, wells)
+    groups, inputs = meta["groups"], meta["inputs"]
+    draws = est.sample_posterior(X[wells], **meta, n_draws=n_draws, random_state=seed)
     model = est.model_
     noise = [f"{base}_{o}" for base in model.noise.declare() for o in model.observable_names]
     # group values come in the order of categories_; simulate wants the wells' own levels, sorted
@@ -125,8 +133,7 @@ def accuracy(est, data, X, wells, settings, n_draws, seed):
 
 def timing(args, data, X, train, settings):
     """Median epoch time per setting, the settings' estimators trained in turn."""
-    meta = {"groups": data.groups[["luxR_rbs", "lasR_rbs"]].iloc[train], "inputs": data.inputs[train],
-            "times": data.times}
+    meta = well_meta(data, train)
     ests = [study.make_estimator("white", study_args(args, *s)) for s in settings]
     seconds = [[] for _ in settings]
     for _ in range(args.timing_epochs):
@@ -152,8 +159,7 @@ def main(argv=None):
     print(json.dumps({"header": head}), flush=True)
 
     est = study.make_estimator("white", study_args(args))
-    meta = {"groups": data.groups[["luxR_rbs", "lasR_rbs"]].iloc[train], "inputs": data.inputs[train],
-            "times": data.times}
+    meta = well_meta(data, train)
     for _ in range(args.epochs):
         fit_quietly(est, X[train], **meta)
     acc = accuracy(est, data, X, test[: args.wells], settings, args.draws, args.seed)
