@@ -95,6 +95,11 @@ PROPORTIONAL_PRIOR = LogNormal(math.log(0.05), 1.0)  # --noise combined: b, a fr
 
 
 # ----------------------------------------------------------------------------- set-up
+def _block(value):
+    """``--refinement-block``: a number of minibatches, or ``epoch``."""
+    return value if value == "epoch" else int(value)
+
+
 def parse_args(argv=None):
     """Command-line settings; defaults are the paper's (batch 36, K 200/1000, Adam 0.01)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -129,8 +134,8 @@ def parse_args(argv=None):
                     help="wells whose maxima scale the signals (all: like the reference)")
     ap.add_argument("--training-refinement", type=int, default=0,
                     help="Gauss-Newton iterations per training minibatch (semi-amortised training)")
-    ap.add_argument("--refinement-block", type=int, default=1,
-                    help="minibatches refined together at one shared global draw "
+    ap.add_argument("--refinement-block", type=_block, default=1,
+                    help="minibatches refined together at one shared global draw, or 'epoch' "
                          "(the estimator's refinement_block)")
     ap.add_argument("--eval-refine", type=int, default=0,
                     help="also score the held-out wells with score_samples(refine=N): proposals "

@@ -126,7 +126,7 @@ if data is not None:
 # ``solver="rk4", dt=0.79`` (one RK4 step across four observations, the times
 # in between interpolated) is both more accurate than the default Heun step
 # per observation and cheaper (see the solvers guide). With it, a noise level
-# per well, ``batch_size=18, training_refinement=5, refinement_block=16,
+# per well, ``batch_size=18, training_refinement=5, refinement_block="epoch",
 # n_importance_samples=10, learning_rate=0.03, encoder_learning_rate=0.003``
 # and two threads, the white box reached a held-out bound of 900 nats/well
 # after 10-21 s of training on the study's first fold (six seeds) and 1,000

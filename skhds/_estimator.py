@@ -186,30 +186,33 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         the bound reached per epoch and per second; 0 trains the encoder's
         proposals directly. Evaluation always uses the encoder. On the CPU,
         see ``refinement_block`` for a cheaper schedule of the refinement.
-    refinement_block : int, default=1
+    refinement_block : int or "epoch", default=1
         With ``training_refinement``, the number of consecutive minibatches
         whose proposals are refined together, in one batched Gauss-Newton
-        solve, before the first of them is trained. Those minibatches share
-        one global draw: its standard normal noise is drawn once, the
-        refinement uses the draw at the current ``q(g)``, and each minibatch
-        trains at the draw's value at its own step
+        solve, before the first of them is trained; ``"epoch"`` refines all
+        the minibatches of an epoch at once, whatever their number. Those
+        minibatches share one global draw: its standard normal noise is
+        drawn once, the refinement uses the draw at the current ``q(g)``,
+        and each minibatch trains at the draw's value at its own step
         (:meth:`~skhds.nn.MeanFieldGaussian.from_noise`), so its proposals
         are up to ``refinement_block - 1`` optimiser steps old. Every step's
         bound is still valid (any proposal is). On the CPU a solve costs
         far less than proportionally more for more series (much of its
         time is per-operation overhead: on one thread, 0.11 s for the 234
         wells of the study against 0.06 s for a minibatch of 36), so
-        refining a whole epoch at once (``refinement_block`` at least the
-        number of minibatches) made the epochs of the double-receiver study
-        1.6 times cheaper on one CPU thread, with as much learned per epoch
-        (benchmarks/README.md). Smaller minibatches then cost less than
-        proportionally more per epoch (the refinement no longer grows with
-        their number; halving them cost 1.34 times as much per epoch), and
-        more optimiser steps per epoch can pay: on that study ``batch_size=18``
-        with a block covering the epoch reached a held-out bound of 900
-        nats per well in about half the epochs of 36. Memory grows with ``refinement_block *
-        batch_size`` series. With ``training_refinement``, must be 1 with CUDA
-        graphs (where the refinement is captured with each minibatch's pass).
+        refining a whole epoch at once made the epochs of the
+        double-receiver study 1.6 times cheaper on one CPU thread, with as
+        much learned per epoch (benchmarks/README.md). Smaller minibatches
+        then cost less than proportionally more per epoch (the refinement
+        no longer grows with their number; halving them cost 1.34 times as
+        much per epoch), and more optimiser steps per epoch can pay: on that
+        study ``batch_size=18`` with the epoch refined at once reached a
+        held-out bound of 900 nats per well in about half the epochs of 36.
+        Memory grows with ``refinement_block * batch_size`` series (with
+        ``"epoch"``, with the number of training series: for large data
+        sets give a number). With ``training_refinement``, must be 1 with
+        CUDA graphs (where the refinement is captured with each minibatch's
+        pass).
     cuda_graphs : bool, default=True
         On a CUDA device, capture each minibatch shape's training pass in a
         CUDA graph and replay it (much faster: the pass is launch-bound); see
@@ -366,7 +369,12 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         check_bool(self.cuda_graphs, "cuda_graphs")
         check_bool(self.compile_solver, "compile_solver")
         check_positive_int(self.training_refinement, "training_refinement", minimum=0)
-        check_positive_int(self.refinement_block, "refinement_block")
+        if isinstance(self.refinement_block, str):
+            if self.refinement_block != "epoch":
+                raise ValueError("refinement_block must be a positive integer or 'epoch', got "
+                                 f"{self.refinement_block!r}.")
+        else:
+            check_positive_int(self.refinement_block, "refinement_block")
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
@@ -375,7 +383,7 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
             raise ValueError(f"device={self.device!r} was requested but CUDA is not available.")
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or a CUDA device, got {self.device!r}.")
-        if (self.refinement_block > 1 and self.training_refinement and self.cuda_graphs
+        if (self.refinement_block != 1 and self.training_refinement and self.cuda_graphs
                 and graphs_supported(device)):
             raise ValueError(
                 f"refinement_block={self.refinement_block} cannot be combined with CUDA graphs: "
@@ -826,9 +834,9 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         return st
 
     def _refined_batches(self, train, batches, gen, device, dtype):
-        """``(idx, eps, refined)`` per minibatch: with ``refinement_block > 1``, the
+        """``(idx, eps, refined)`` per minibatch: with blocks of several minibatches, the
         global noise and refined proposals computed block by block; else ``None``."""
-        block = int(self.refinement_block)
+        block = len(batches) if self.refinement_block == "epoch" else int(self.refinement_block)
         if block == 1 or not self.training_refinement or not self.vae_.hierarchy.n_individual:
             for idx in batches:
                 yield idx, None, None

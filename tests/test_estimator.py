@@ -1176,6 +1176,31 @@ def test_refinement_block_refines_several_minibatches_at_one_shared_draw(data, m
 
 
 @ignore_convergence
+def test_refinement_block_epoch_refines_each_epoch_in_one_call(data, monkeypatch):
+    # "epoch" is one block of all the epoch's minibatches, whatever their number: the same
+    # fit as any number that covers them, and one refinement of all 24 series per epoch
+    from skhds._vae import HierarchicalVAE
+
+    refine, sizes = HierarchicalVAE.refined_proposals, []
+
+    def spy_refine(self, batch, g, n_iter):
+        sizes.append(batch["y"].shape[0])
+        return refine(self, batch, g, n_iter)
+
+    monkeypatch.setattr(HierarchicalVAE, "refined_proposals", spy_refine)
+    kw = dict(max_iter=3, batch_size=5, training_refinement=2, n_importance_samples=8)
+    whole = _fit(data, refinement_block="epoch", **kw)
+    assert sizes == [24, 24, 24]
+    sizes.clear()
+    covering = _fit(data, refinement_block=7, **kw)
+    assert sizes == [24, 24, 24]
+    assert whole.loss_curve_ == covering.loss_curve_
+    sizes.clear()
+    _fit(data, refinement_block=3, **kw)
+    assert sizes == [15, 9] * 3
+
+
+@ignore_convergence
 def test_refinement_block_changes_nothing_without_refinement(data):
     a = _fit(data, max_iter=3, batch_size=8)
     b = _fit(data, max_iter=3, batch_size=8, refinement_block=4)
@@ -1215,6 +1240,9 @@ def test_refinement_block_is_refused_with_cuda_graphs(data, monkeypatch):
     monkeypatch.setattr(module, "graphs_supported", lambda device: True)
     est = HierarchicalODEVAE(data.model, max_iter=1, training_refinement=2, refinement_block=4)
     with pytest.raises(ValueError, match="refinement_block=4 cannot be combined with CUDA graphs"):
+        est.fit(data.X, **_kw(data))
+    est.set_params(refinement_block="epoch")
+    with pytest.raises(ValueError, match="refinement_block=epoch cannot be combined with CUDA"):
         est.fit(data.X, **_kw(data))
     # without refinement the block has no effect and is accepted (a grid over
     # training_refinement with a fixed block must not fail at its 0 points)

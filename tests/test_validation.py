@@ -539,6 +539,7 @@ BAD_HYPERPARAMETERS = [
     ({"training_refinement": 2.0}, TypeError, r"training_refinement"),
     ({"refinement_block": 0}, ValueError, r"refinement_block"),
     ({"refinement_block": 2.0}, TypeError, r"refinement_block"),
+    ({"refinement_block": "all"}, ValueError, r"refinement_block must be a positive integer or 'epoch'"),
     ({"cuda_graphs": "yes"}, TypeError, r"cuda_graphs"),
     ({"compile_solver": 1}, TypeError, r"compile_solver"),
     ({"learning_rate_schedule": "step"}, TypeError, r"learning_rate_schedule"),
