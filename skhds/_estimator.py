@@ -195,7 +195,8 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         drawn once, the refinement uses the draw at the current ``q(g)``,
         and each minibatch trains at the draw's value at its own step
         (:meth:`~skhds.nn.MeanFieldGaussian.from_noise`), so its proposals
-        are up to ``refinement_block - 1`` optimiser steps old. Every step's
+        are up to the block's number of minibatches less one optimiser steps
+        old. Every step's
         bound is still valid (any proposal is). On the CPU a solve costs
         far less than proportionally more for more series (much of its
         time is per-operation overhead: on one thread, 0.11 s for the 234
@@ -369,12 +370,16 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         check_bool(self.cuda_graphs, "cuda_graphs")
         check_bool(self.compile_solver, "compile_solver")
         check_positive_int(self.training_refinement, "training_refinement", minimum=0)
+        block_error = ("refinement_block must be a positive integer or 'epoch', got "
+                       f"{self.refinement_block!r}.")
         if isinstance(self.refinement_block, str):
             if self.refinement_block != "epoch":
-                raise ValueError("refinement_block must be a positive integer or 'epoch', got "
-                                 f"{self.refinement_block!r}.")
+                raise ValueError(block_error)
         else:
-            check_positive_int(self.refinement_block, "refinement_block")
+            try:
+                check_positive_int(self.refinement_block, "refinement_block")
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(block_error) from None
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
