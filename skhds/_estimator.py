@@ -196,11 +196,11 @@ class HierarchicalODEVAE(TransformerMixin, BaseEstimator):
         and each minibatch trains at the draw's value at its own step
         (:meth:`~skhds.nn.MeanFieldGaussian.from_noise`), so its proposals
         are up to the block's number of minibatches less one optimiser steps
-        old. Every step's
-        bound is still valid (any proposal is). On the CPU a solve costs
-        far less than proportionally more for more series (much of its
-        time is per-operation overhead: on one thread, 0.11 s for the 234
-        wells of the study against 0.06 s for a minibatch of 36), so
+        old. Every step's bound is still valid (any proposal is). On the CPU
+        a solve costs far less than proportionally more for more series
+        (much of its time is per-operation overhead: on one thread, 0.11 s
+        for the 234 wells of the study against 0.06 s for a minibatch of
+        36), so
         refining a whole epoch at once made the epochs of the
         double-receiver study 1.6 times cheaper on one CPU thread, with as
         much learned per epoch (benchmarks/README.md). Smaller minibatches

@@ -72,16 +72,27 @@ def substeps_for_grid(times, dt):
     list of int
         ``n_times - 1`` step counts, each ``>= 1``, shared by all series.
     """
-    t = np.asarray(times, dtype=float)
-    if t.ndim == 1:
-        t = t[None, :]
-    n = t.shape[-1] - 1
+    t = _grid(times)
     if dt is None:
-        return [1] * n
+        return [1] * (t.shape[-1] - 1)
+    _check_dt(dt)
+    return _substep_counts(t, dt, _slack(t, dt))
+
+
+def _grid(times):
+    """Output grid(s) as a float array of shape ``(n_series, n_times)``."""
+    t = np.asarray(times, dtype=float)
+    return t[None, :] if t.ndim == 1 else t
+
+
+def _check_dt(dt):
     if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a finite number > 0 or None, got {dt!r}.")
-    widest = np.max(np.diff(t, axis=-1), axis=0) if n > 0 else np.zeros(0)
-    slack = _slack(t, dt)
+
+
+def _substep_counts(t, dt, slack):
+    """Steps per interval of the grids ``t`` so that none exceeds ``dt`` (beyond ``slack``)."""
+    widest = np.max(np.diff(t, axis=-1), axis=0) if t.shape[-1] > 1 else np.zeros(0)
     return [max(1, int(math.ceil((w - slack) / dt))) for w in widest]
 
 
@@ -114,14 +125,13 @@ def step_plan(times, dt):
     >>> step_plan([0.0, 0.1, 0.2, 0.3, 1.0], dt=0.25)
     [(2, 1), (1, 1), (1, 3)]
     """
-    t = np.asarray(times, dtype=float)
-    if t.ndim == 1:
-        t = t[None, :]
+    t = _grid(times)
     n = t.shape[-1] - 1
     if dt is None:
         return [(1, 1)] * n
-    counts = substeps_for_grid(t, dt)  # validates dt
-    plan, a, slack = [], 0, _slack(t, dt)
+    _check_dt(dt)
+    slack = _slack(t, dt)
+    counts, plan, a = _substep_counts(t, dt, slack), [], 0
     while a < n:
         if counts[a] > 1:
             plan.append((1, counts[a]))
