@@ -1,10 +1,33 @@
-"""Helpers shared by the benchmark scripts: timing and result tables with a header."""
+"""Helpers shared by the benchmark scripts: timing, the machine, result tables with a header."""
 
+import platform
 import time
 
 import numpy as np
 
-__all__ = ["timed", "write_table"]
+__all__ = ["cpu_model", "timed", "write_table"]
+
+
+def cpu_model():
+    """The CPU's model name, family and model (Linux ``/proc/cpuinfo``), else the platform's.
+
+    Hosts of one cloud "type" differ: the same 2-core box was once a slower CPU, and
+    the family and model say which one a result came from.
+    """
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
 
 
 def timed(fn, repeats):

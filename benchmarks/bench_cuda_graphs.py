@@ -43,13 +43,13 @@ Usage::
 import argparse
 import importlib.util
 import json
-import platform
 import time
 from functools import partial
 
 import numpy as np
 import torch
 
+from _common import cpu_model
 from bench_integrator import PARAM_NAMES, N_STATES, make_params, rhs
 from skhds.solvers import odeint
 
@@ -112,7 +112,7 @@ def main():
     run = timer(dev)
     times = torch.linspace(0.0, 17.0, 86, device=dev)
     head = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "processor": cpu_model(), "torch": torch.__version__,
             "threads": args.threads, "dtype": "float32", "method": "heun, 86 times, 1 step each"}
     print(json.dumps({"header": head}), flush=True)
     for B in args.batch:

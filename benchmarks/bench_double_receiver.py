@@ -83,12 +83,14 @@ import skhds
 from skhds import HierarchicalODEVAE
 from skhds.datasets import fetch_double_receiver
 from skhds.distributions import LogNormal
-from skhds.models import Combined, DoubleReceiver, DoubleReceiverBlackBox, Gaussian
+from skhds.models import Combined, DoubleReceiver, DoubleReceiverBlackBox, DoubleReceiverMixed, Gaussian
 from skhds.preprocessing import SignalScaler
+
+from _common import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_WELLS, N_FOLDS = 312, 4
-MODELS = {"white": DoubleReceiver, "black": DoubleReceiverBlackBox}
+MODELS = {"white": DoubleReceiver, "black": DoubleReceiverBlackBox, "mixed": DoubleReceiverMixed}
 # both models' default: Gaussian noise per signal, precision ~ LogNormal(8, 2), i.e. sd ~ LogNormal(-4, 1)
 NOISE_PRIOR = LogNormal(-4.0, 1.0)
 PROPORTIONAL_PRIOR = LogNormal(math.log(0.05), 1.0)  # --noise combined: b, a fraction of the signal
@@ -104,7 +106,9 @@ def parse_args(argv=None):
     """Command-line settings; defaults are the paper's (batch 36, K 200/1000, Adam 0.01)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=["cv", "zero-shot"], default="cv")
-    ap.add_argument("--model", choices=["white", "black", "both"], default="both")
+    ap.add_argument("--model", choices=["white", "black", "mixed", "both"], default="both",
+                    help="white box, black box, mixed (white box with neural promoters), or both "
+                         "(white and black)")
     ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4],
                     help="cv folds to run (1-4; fold 1 holds out the first block of 78)")
     ap.add_argument("--devices", nargs="+", default=None,
@@ -161,10 +165,12 @@ def parse_args(argv=None):
                     help="initial value of the black box's noise states (DoubleReceiverBlackBox"
                          "(noise_start=...)), learned from there")
     ap.add_argument("--hidden-activation", choices=["tanh", "relu"], default="tanh",
-                    help="the black box's hidden activation (DoubleReceiverBlackBox(hidden_activation=...))")
+                    help="the black box's hidden activation (DoubleReceiverBlackBox(hidden_activation=...)); "
+                         "also the mixed model's promoter network's")
     ap.add_argument("--n-hidden", type=int, default=25,
                     help="the black box's hidden width (DoubleReceiverBlackBox(n_hidden=...); the "
-                         "paper's code used 50)")
+                         "paper's code used 50); also the mixed model's promoter network's "
+                         "(DoubleReceiverMixed's default is 16)")
     ap.add_argument("--compile-solver", action="store_true",
                     help="compile_solver=True (compiled solver steps; compile time is training time)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the estimators")
@@ -204,7 +210,7 @@ def header(args):
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": args.mode,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -272,10 +278,11 @@ def make_noise(args):
 def make_estimator(model, args):
     """A fresh estimator with the run's settings."""
     # every option explicit (see parse_args: the flags default to the earlier model)
-    black = {"hidden_activation": args.hidden_activation, "n_hidden": args.n_hidden,
-             "noise_states": args.noise_states, "noise_start": args.noise_start}
+    network = {"hidden_activation": args.hidden_activation, "n_hidden": args.n_hidden}
+    options = {"white": {}, "mixed": network,
+               "black": {**network, "noise_states": args.noise_states, "noise_start": args.noise_start}}
     return HierarchicalODEVAE(
-        MODELS[model](noise=make_noise(args), **(black if model == "black" else {})),
+        MODELS[model](noise=make_noise(args), **options[model]),
         batch_size=args.batch_size, n_importance_samples=args.K_train,
         n_eval_samples=args.K_eval, learning_rate=args.learning_rate,
         encoder_learning_rate=args.encoder_learning_rate,

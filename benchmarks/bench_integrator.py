@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from _common import timed, write_table
+from _common import cpu_model, timed, write_table
 from skhds.solvers import odeint
 
 N_STATES = 8
@@ -149,7 +149,7 @@ def main():
         solvers["torchdiffeq"] = solve_torchdiffeq
     if available("torchode"):
         solvers["torchode"] = solve_torchode
-    header = {"machine": platform.machine(), "processor": platform.processor(),
+    header = {"machine": platform.machine(), "processor": cpu_model(),
               "torch": torch.__version__, "threads": args.threads, "dtype": "float32",
               "method": "heun, one step per interval, 86 times"}
     print(json.dumps({"header": header}), flush=True)

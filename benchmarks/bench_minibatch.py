@@ -20,7 +20,6 @@ Usage::
 
 import argparse
 import json
-import platform
 import time
 import warnings
 
@@ -29,6 +28,8 @@ import torch
 
 from skhds import HierarchicalODEVAE
 from skhds.models import DoubleReceiver
+
+from _common import cpu_model
 
 
 def study_shaped_data(n=36, seed=0):
@@ -151,7 +152,7 @@ def main():
             times_base.append(time.perf_counter() - t0)
     result = {
         "device": args.device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "cpu": platform.processor() or platform.machine(), "threads": args.threads,
+        "cpu": cpu_model(), "threads": args.threads,
         "torch": torch.__version__, "data": kind, "K": args.K, "batch_size": bs,
         "compile_solver": args.compile_solver, "first_call_s": first_call,
         "forward_s": float(np.median(times_fwd)), "forward_backward_s": float(np.median(times_total)),

@@ -34,7 +34,6 @@ Writes ``nuts_<problem>.csv`` (one row per quantity) and prints a summary.
 import argparse
 import json
 import os
-import platform
 import time
 import warnings
 
@@ -45,6 +44,8 @@ import torch
 
 from skhds import HierarchicalODEVAE
 from skhds.datasets import make_logistic_growth, make_pharmacokinetics
+
+from _common import cpu_model
 
 
 # ----------------------------------------------------------------- problems
@@ -296,7 +297,7 @@ def main():
                 "ind_median_mean_err_sd": round(float(ind[ind.quantity.str.contains("median")]
                                                       .mean_err_sd.max()), 3),
             }
-        summary.update(machine=platform.processor() or platform.machine(), torch=torch.__version__,
+        summary.update(machine=cpu_model(), torch=torch.__version__,
                        numpyro=numpyro.__version__, jax=jax.__version__, threads=args.threads)
         print(json.dumps(summary))
 

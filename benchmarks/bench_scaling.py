@@ -74,9 +74,9 @@ def main():
     import pandas as pd
     import torch
 
-    from _common import write_table
+    from _common import cpu_model, write_table
 
-    header = {"machine": platform.machine(), "processor": platform.processor(),
+    header = {"machine": platform.machine(), "processor": cpu_model(),
               "torch": torch.__version__, "threads": args.threads, "batch_size": args.batch_size,
               "problem": "logistic growth, 3 strains, 25 times, float32, Heun on the data grid"}
     print(json.dumps({"header": header}), flush=True)

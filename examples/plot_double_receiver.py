@@ -129,9 +129,20 @@ if data is not None:
 # per well, ``batch_size=18, training_refinement=5, refinement_block="epoch",
 # n_importance_samples=10, learning_rate=0.03, encoder_learning_rate=0.003``
 # and two threads, the white box reached a held-out bound of 900 nats/well
-# after 10-21 s of training on the study's first fold (six seeds) and 1,000
-# after 27-58 s (``benchmarks/README.md``, "Smaller minibatches, now that the
-# refinement comes in blocks").
+# after 6-15 s of training on the study's first fold (six seeds) and 1,000
+# after 19-28 s, on a host as fast as the one the paper's reference
+# implementation took 204 s and 402 s on. Trained for 200 epochs with
+# ``learning_rate_schedule=[(100, 0.01), (150, 0.002)]`` it reached
+# 1,087-1,120 nats/well, above the reference implementation's best (1,072),
+# in about 100 s (``benchmarks/README.md``, "200 epochs with minibatches of
+# 18").
+#
+# :class:`~skhds.models.DoubleReceiverMixed` keeps the white box's growth,
+# expression and receptors and learns the two promoter activities with a
+# small network instead of the white box's twelve promoter constants. With
+# the same settings it scored 33-52 nats/well above the white box on three
+# folds of four and 8 below on the fourth: the white box's promoter
+# mechanism costs it little of its fit.
 #
 # The black box (:class:`~skhds.models.DoubleReceiverBlackBox`) models its
 # noise too: by default it has one neural state per signal whose square root

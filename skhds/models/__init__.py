@@ -1,7 +1,7 @@
 """Model specification: the ``ODEModel`` base class, parameters, noise models, shipped models."""
 
 from ._base import ODEModel, check_model
-from ._double_receiver import DoubleReceiver, DoubleReceiverBlackBox
+from ._double_receiver import DoubleReceiver, DoubleReceiverBlackBox, DoubleReceiverMixed
 from ._hierarchy import Hierarchy
 from ._logistic import LogisticGrowth
 from ._noise import Combined, Gaussian, Laplace, NoiseModel, Proportional, StudentT
@@ -23,5 +23,6 @@ __all__ = [
     "LogisticGrowth",
     "DoubleReceiver",
     "DoubleReceiverBlackBox",
+    "DoubleReceiverMixed",
     "OneCompartmentPK",
 ]

@@ -1,14 +1,17 @@
-"""Tests of the double-receiver models (``DoubleReceiver`` and ``DoubleReceiverBlackBox``).
+"""Tests of the double-receiver models (``DoubleReceiver``, ``DoubleReceiverBlackBox``
+and ``DoubleReceiverMixed``).
 
 The white-box right-hand side is checked against an independent float64 numpy
 transcription of the equations of the class docstring (and of the vi-hds
 reference model), the simulator against ``scipy.integrate.solve_ivp``, the
-black box against a numpy evaluation of its network, and both models through
-one training epoch on a few wells of the real plate-reader data.
+black box and the mixed model against numpy evaluations of their networks, and
+the models through one training epoch on a few wells of the real plate-reader
+data.
 """
 
 import math
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +22,7 @@ from sklearn.base import clone
 from skhds import HierarchicalODEVAE
 from skhds.datasets import fetch_double_receiver, simulate
 from skhds.distributions import LogNormal, Normal
-from skhds.models import DoubleReceiver, DoubleReceiverBlackBox, Gaussian, check_model
+from skhds.models import DoubleReceiver, DoubleReceiverBlackBox, DoubleReceiverMixed, Gaussian, check_model
 from skhds.preprocessing import SignalScaler
 from skhds.solvers import odeint
 
@@ -45,10 +48,8 @@ ALL_PARAMS = INDIVIDUAL + tuple(GROUP) + tuple(POPULATION)
 # --------------------------------------------------------------------------- #
 # Independent numpy reference of the white-box equations
 # --------------------------------------------------------------------------- #
-def _np_rhs(t, x, p, c6, c12):
-    """dx/dt of the double receiver; arrays broadcast, states on the last axis."""
-    xx, rfp, yfp, cfp, f530, f480, luxR, lasR = np.moveaxis(x, -1, 0)
-    gamma = p["r"] / (1.0 + np.exp(-4.0 * (t - p["tlag"]))) * (1.0 - xx / p["K"])
+def _np_promoters(luxR, lasR, p, c6, c12):
+    """The white box's (P81, P76) from the receptors and signals."""
     fR = ((p["KR6"] * c6) ** p["nR"] + (p["KR12"] * c12) ** p["nR"]) / (
         1.0 + p["KR6"] * c6 + p["KR12"] * c12) ** p["nR"]
     fS = ((p["KS6"] * c6) ** p["nS"] + (p["KS12"] * c12) ** p["nS"]) / (
@@ -57,6 +58,18 @@ def _np_rhs(t, x, p, c6, c12):
     bS = lasR ** 2 * fS
     P76 = (p["e76"] + p["KGR_76"] * bR + p["KGS_76"] * bS) / (1.0 + p["KGR_76"] * bR + p["KGS_76"] * bS)
     P81 = (p["e81"] + p["KGR_81"] * bR + p["KGS_81"] * bS) / (1.0 + p["KGR_81"] * bR + p["KGS_81"] * bS)
+    return P81, P76
+
+
+def _np_rhs(t, x, p, c6, c12, promoters=_np_promoters):
+    """dx/dt of the double receiver; arrays broadcast, states on the last axis.
+
+    ``promoters(luxR, lasR, p, c6, c12)`` gives ``(P81, P76)`` (default: the
+    white box's mechanism).
+    """
+    xx, rfp, yfp, cfp, f530, f480, luxR, lasR = np.moveaxis(x, -1, 0)
+    gamma = p["r"] / (1.0 + np.exp(-4.0 * (t - p["tlag"]))) * (1.0 - xx / p["K"])
+    P81, P76 = promoters(luxR, lasR, p, c6, c12)
     rc = p["rc"]
     d = [
         gamma * xx,
@@ -728,3 +741,127 @@ def test_black_box_noise_states_scale_simulated_noise(v_start):
                     random_state=0, solver="rk4", dt=0.01)
     sd = (data.X - data.clean).std(0)  # (4, T)
     np.testing.assert_allclose(sd, sigma * np.sqrt(v), rtol=0.07)
+
+
+# --------------------------------------------------------------------------- #
+# Mixed: the white box with neural promoters
+# --------------------------------------------------------------------------- #
+PROMOTER_CONSTANTS = ("e76", "e81", "KGR_76", "KGR_81", "KGS_76", "KGS_81",
+                      "KR6", "KR12", "KS6", "KS12", "nR", "nS")
+
+
+def _np_mixed_promoters(model):
+    """numpy (P81, P76) of the mixed model's network, as ``_np_rhs`` takes them."""
+    W1 = model.promoter_hidden.weight.detach().double().numpy()
+    b1 = model.promoter_hidden.bias.detach().double().numpy()
+    W2 = model.promoter_output.weight.detach().double().numpy()
+    b2 = model.promoter_output.bias.detach().double().numpy()
+    act = np.tanh if model.hidden_activation == "tanh" else (lambda a: np.maximum(a, 0.0))
+
+    def promoters(luxR, lasR, p, c6, c12):
+        u = np.stack(np.broadcast_arrays(np.log1p(luxR), np.log1p(lasR), np.log1p(c6),
+                                         np.log1p(c12)), -1)
+        out = _np_sigmoid(act(u @ W1.T + b1) @ W2.T + b2)
+        return out[..., 0], out[..., 1]
+
+    return promoters
+
+
+def test_mixed_declarations():
+    model = DoubleReceiverMixed()
+    assert model.states == STATES and model.observable_names == SIGNALS
+    assert tuple(model.inputs) == ("C6", "C12") and tuple(model.factors) == ("luxR_rbs", "lasR_rbs")
+    specs = check_model(model)
+    white = {s.name: s for s in check_model(DoubleReceiver())}
+    # the white box's parameters, priors and levels, without its twelve promoter constants
+    assert [s.name for s in specs] == [n for n in white if n not in PROMOTER_CONSTANTS]
+    assert len(model.declare_parameters()) == 27 - 12
+    for s in specs:
+        w = white[s.name]
+        assert (s.level, s.factor, s.prior) == (w.level, w.factor, w.prior), s.name
+    assert (model.n_hidden, model.hidden_activation, model.x0) == (16, "tanh", 0.002)
+    assert model.promoter_hidden.in_features == 4 and model.promoter_hidden.out_features == 16
+    assert model.promoter_output.in_features == 16 and model.promoter_output.out_features == 2
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_mixed_rhs_matches_numpy(activation):
+    torch.manual_seed(0)
+    model = DoubleReceiverMixed(n_hidden=7, hidden_activation=activation).to(F64)
+    p, x, t = _random_problem(4)
+    p = {k: v for k, v in p.items() if k not in PROMOTER_CONSTANTS}
+    tp = {k: torch.as_tensor(v) for k, v in p.items()}
+    inputs = {"C6": torch.as_tensor(C6).reshape(-1, 1), "C12": torch.as_tensor(C12).reshape(-1, 1)}
+    out = model.rhs(torch.as_tensor(t), torch.as_tensor(x), model.with_derived(tp, inputs), inputs)
+    assert out.shape == (S, K, 8) and out.dtype == F64
+    ref = _np_rhs(t, x, p, C6[:, None], C12[:, None], promoters=_np_mixed_promoters(model))
+    np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-11, atol=1e-13)
+
+    # only the promoter-driven reporters (yfp: P81, cfp: P76) depend on the network
+    with torch.no_grad():
+        model.promoter_output.bias.add_(torch.tensor([1.0, -2.0], dtype=F64))
+    moved = model.rhs(torch.as_tensor(t), torch.as_tensor(x), model.with_derived(tp, inputs),
+                      inputs).detach().numpy()
+    np.testing.assert_allclose(moved[..., [0, 1, 4, 5, 6, 7]], ref[..., [0, 1, 4, 5, 6, 7]], rtol=1e-12)
+    assert np.all(moved[..., 2] > ref[..., 2]) and np.all(moved[..., 3] < ref[..., 3])
+
+    # receptors below zero (a solver step that overshoots) read as zero: finite, no NaN
+    below = x.copy()
+    below[..., 6:8] = -np.abs(below[..., 6:8]) - 1.5  # log1p would be NaN
+    at_zero = x.copy()
+    at_zero[..., 6:8] = 0.0
+    t_, full = torch.as_tensor(t), model.with_derived(tp, inputs)
+    out_below = model.rhs(t_, torch.as_tensor(below), full, inputs)
+    out_zero = model.rhs(t_, torch.as_tensor(at_zero), full, inputs)
+    assert torch.isfinite(out_below).all()
+    np.testing.assert_allclose(out_below[..., :6].detach().numpy(), out_zero[..., :6].detach().numpy(),
+                               rtol=1e-12)
+
+
+def test_mixed_checks_its_arguments_and_clones():
+    with pytest.raises(ValueError, match="hidden_activation"):
+        DoubleReceiverMixed(hidden_activation="sigmoid")
+    with pytest.raises(ValueError, match="n_hidden"):
+        DoubleReceiverMixed(n_hidden=0)
+    with pytest.raises(TypeError, match="n_hidden"):
+        DoubleReceiverMixed(n_hidden=2.5)
+    torch.manual_seed(0)
+    model = DoubleReceiverMixed(n_hidden=5, hidden_activation="relu", x0=0.01)
+    assert model.get_params(deep=False) == {"n_hidden": 5, "hidden_activation": "relu", "x0": 0.01,
+                                            "noise": model.noise}
+    new = clone(model)
+    assert type(new) is DoubleReceiverMixed and new.get_params(deep=False)["n_hidden"] == 5
+    for key, v in model.state_dict().items():  # same shapes, freshly initialised
+        assert new.state_dict()[key].shape == v.shape
+        assert not torch.equal(new.state_dict()[key], v), key
+    est = clone(HierarchicalODEVAE(model)).set_params(model__n_hidden=3)
+    assert est.model.n_hidden == 3 and model.n_hidden == 5
+
+
+def test_mixed_trains_on_real_data(data_home, one_thread, tmp_path):
+    X, groups, inputs, times = _real_subset(data_home)
+    torch.manual_seed(0)
+    model = DoubleReceiverMixed(n_hidden=6)
+    est = HierarchicalODEVAE(model, n_importance_samples=4, n_eval_samples=8, batch_size=12,
+                             random_state=0, training_refinement=2, refinement_block="epoch",
+                             solver="rk4", dt=0.79)
+    est.partial_fit(X, groups=groups, inputs=inputs, times=times)
+    assert np.isfinite(est.loss_curve_).all() and est.history_["skipped_steps"].iloc[0] == 0
+    # the promoter network is trained with the rest; the user's model is untouched
+    init = model.state_dict()
+    for key, v in est.model_.state_dict().items():
+        assert not torch.allclose(v, init[key]), f"{key} was not trained"
+    ids = {id(p) for p in est.vae_.parameters()}
+    assert all(id(p) in ids for p in est.model_.parameters())
+    assert set(est.summary_["parameter"]) >= {"aYFP", "aCFP", "dR", "a530"}
+    assert not set(est.summary_["parameter"]) & set(PROMOTER_CONSTANTS)
+    pred, std = est.predict(X, groups=groups, inputs=inputs, times=times, return_std=True)
+    assert pred.shape == (24, 4, 86) and np.isfinite(pred).all() and np.isfinite(std).all()
+    np.testing.assert_allclose(pred[:, 0, 0], 0.002, rtol=1e-4)  # the white box's x0
+    score = est.score(X, groups=groups, inputs=inputs, times=times)
+    assert np.isfinite(score)
+    # saved and loaded, the fitted network predicts the same
+    path = tmp_path / "mixed.joblib"
+    joblib.dump(est, path)
+    np.testing.assert_allclose(joblib.load(path).predict(X, groups=groups, inputs=inputs, times=times),
+                               pred, rtol=1e-6)
