@@ -457,12 +457,13 @@ class DoubleReceiverMixed(DoubleReceiver):
     Notes
     -----
     Trained like the white box on the double-receiver study's four
-    cross-validation folds (benchmarks/README.md, "A mixed model"), its
-    held-out log p was 8 nats/well below the white box's to 52 above, and
-    the reference implementation's kind of bound 47-105 above (it has twelve
-    fewer global latents, whose KL divergence that bound charges to every
-    well). It learned more slowly in the first epochs. So the white box's
-    promoter mechanism costs it little of its fit on these data.
+    cross-validation folds (benchmarks/README.md, "A mixed model"; one seed
+    per fold), its held-out log p was 8 nats/well below the white box's to
+    52 above, and the reference implementation's kind of bound 47-105 above
+    (it has twelve fewer global latents, whose KL divergence that bound
+    charges to every well). It learned more slowly in the first epochs. So
+    the white box's promoter mechanism costs it little of its fit on these
+    data.
 
     Examples
     --------
