@@ -133,16 +133,17 @@ if data is not None:
 # after 19-28 s, on a host as fast as the one the paper's reference
 # implementation took 204 s and 402 s on. Trained for 200 epochs with
 # ``learning_rate_schedule=[(100, 0.01), (150, 0.002)]`` it reached
-# 1,087-1,120 nats/well, above the reference implementation's best (1,072),
-# in about 100 s (``benchmarks/README.md``, "200 epochs with minibatches of
-# 18").
+# 1,087-1,120 nats/well of held-out log p, above the reference
+# implementation's best (1,072), in about 100 s; in the reference's own kind
+# of bound, 915-949 (``benchmarks/README.md``, "200 epochs with minibatches
+# of 18").
 #
 # :class:`~skhds.models.DoubleReceiverMixed` keeps the white box's growth,
 # expression and receptors and learns the two promoter activities with a
 # small network instead of the white box's twelve promoter constants. With
-# the same settings it scored 33-52 nats/well above the white box on three
-# folds of four and 8 below on the fourth: the white box's promoter
-# mechanism costs it little of its fit.
+# the same settings (one seed per fold) it scored 33-52 nats/well above the
+# white box on three folds of four and 8 below on the fourth: the white
+# box's promoter mechanism costs it little of its fit.
 #
 # The black box (:class:`~skhds.models.DoubleReceiverBlackBox`) models its
 # noise too: by default it has one neural state per signal whose square root

@@ -457,9 +457,10 @@ class DoubleReceiverMixed(DoubleReceiver):
     Notes
     -----
     Trained like the white box on the double-receiver study's four
-    cross-validation folds (benchmarks/README.md, "A mixed model"; one seed
-    per fold), its held-out log p was 8 nats/well below the white box's to
-    52 above, and the reference implementation's kind of bound 47-105 above
+    cross-validation folds (benchmarks/README.md, "A mixed model"; seed 0),
+    its held-out log p was 8 nats/well below the white box's to 52 above
+    (more spread over seeds), and the reference implementation's kind of
+    bound 48-106 above
     (it has twelve fewer global latents, whose KL divergence that bound
     charges to every well). It learned more slowly in the first epochs. So
     the white box's promoter mechanism costs it little of its fit on these
