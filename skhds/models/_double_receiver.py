@@ -460,11 +460,10 @@ class DoubleReceiverMixed(DoubleReceiver):
     cross-validation folds (benchmarks/README.md, "A mixed model"; seed 0),
     its held-out log p was 8 nats/well below the white box's to 52 above
     (more spread over seeds), and the reference implementation's kind of
-    bound 48-106 above
-    (it has twelve fewer global latents, whose KL divergence that bound
-    charges to every well). It learned more slowly in the first epochs. So
-    the white box's promoter mechanism costs it little of its fit on these
-    data.
+    bound 48-106 above (it has twelve fewer global latents, whose KL
+    divergence that bound charges to every well). It learned more slowly in
+    the first epochs. So the white box's promoter mechanism costs it little
+    of its fit on these data.
 
     Examples
     --------

@@ -93,6 +93,11 @@ def _np_sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
+def _np_activation(name):
+    """numpy ``tanh`` or ``relu``, by the models' ``hidden_activation`` name."""
+    return np.tanh if name == "tanh" else (lambda a: np.maximum(a, 0.0))
+
+
 # --------------------------------------------------------------------------- #
 # White box: declarations
 # --------------------------------------------------------------------------- #
@@ -428,8 +433,7 @@ def _np_black_box_rhs(model, x, p, c6, c12):
     cond = [p[f"z{i}"] for i in range(model.n_latent)]
     cond += [np.broadcast_to(np.log1p(c6), (S, K)), np.broadcast_to(np.log1p(c12), (S, K)), p["eR"], p["eS"]]
     inp = np.concatenate([x, np.stack(cond, -1)], -1)
-    act = np.tanh if model.hidden_activation == "tanh" else (lambda a: np.maximum(a, 0.0))
-    h = act(inp @ W["hidden"].T + b["hidden"])
+    h = _np_activation(model.hidden_activation)(inp @ W["hidden"].T + b["hidden"])
     prod = _np_sigmoid(h @ W["activation"].T + b["activation"])
     deg = _np_sigmoid(h @ W["degradation"].T + b["degradation"])
     return prod - deg * x, prod
@@ -756,7 +760,7 @@ def _np_mixed_promoters(model):
     b1 = model.promoter_hidden.bias.detach().double().numpy()
     W2 = model.promoter_output.weight.detach().double().numpy()
     b2 = model.promoter_output.bias.detach().double().numpy()
-    act = np.tanh if model.hidden_activation == "tanh" else (lambda a: np.maximum(a, 0.0))
+    act = _np_activation(model.hidden_activation)
 
     def promoters(luxR, lasR, p, c6, c12):
         u = np.stack(np.broadcast_arrays(np.log1p(luxR), np.log1p(lasR), np.log1p(c6),
@@ -842,15 +846,17 @@ def test_mixed_trains_on_real_data(data_home, one_thread, tmp_path):
     X, groups, inputs, times = _real_subset(data_home)
     torch.manual_seed(0)
     model = DoubleReceiverMixed(n_hidden=6)
+    user_weights = {k: v.clone() for k, v in model.state_dict().items()}
     est = HierarchicalODEVAE(model, n_importance_samples=4, n_eval_samples=8, batch_size=12,
                              random_state=0, training_refinement=2, refinement_block="epoch",
                              solver="rk4", dt=0.79)
     est.partial_fit(X, groups=groups, inputs=inputs, times=times)
     assert np.isfinite(est.loss_curve_).all() and est.history_["skipped_steps"].iloc[0] == 0
     # the promoter network is trained with the rest; the user's model is untouched
-    init = model.state_dict()
     for key, v in est.model_.state_dict().items():
-        assert not torch.allclose(v, init[key]), f"{key} was not trained"
+        assert not torch.allclose(v, user_weights[key]), f"{key} was not trained"
+    for key, v in model.state_dict().items():
+        assert torch.equal(v, user_weights[key]), key
     ids = {id(p) for p in est.vae_.parameters()}
     assert all(id(p) in ids for p in est.model_.parameters())
     assert set(est.summary_["parameter"]) >= {"aYFP", "aCFP", "dR", "a530"}
